@@ -1,0 +1,242 @@
+"""``licstore`` command line: compress, decompress, info, models, eval, demo.
+
+Exit codes: 0 all inputs done, 1 some inputs failed (each listed on stderr), 2 usage.
+Outputs are written to a temporary name and renamed, so no half-written file remains.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+from .errors import LICError
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".ppm", ".pgm"}
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _expand(inputs: Iterable[str], suffixes: set[str]) -> list[tuple[Path, Path]]:
+    """(file, path relative to its input root) for files and folders given."""
+    out = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            for f in sorted(p.rglob("*")):
+                if f.is_file() and f.suffix.lower() in suffixes:
+                    out.append((f, f.relative_to(p)))
+        else:
+            out.append((p, Path(p.name)))
+    return out
+
+
+def _rate_kwargs(args) -> dict:
+    return {"bpp": args.bpp, "quality": args.quality, "psnr": args.psnr}
+
+
+def cmd_compress(args) -> int:
+    from tqdm import tqdm
+
+    import licstore
+
+    files = _expand(args.inputs, IMAGE_SUFFIXES)
+    if not files:
+        print("no input images found", file=sys.stderr)
+        return 1
+    out = Path(args.output)
+    single = len(files) == 1 and out.suffix == ".lic" and not out.is_dir()
+    failed = []
+    for src, rel in tqdm(files, unit="img", disable=args.quiet or len(files) < 2):
+        dst = out if single else out / rel.with_suffix(".lic")
+        try:
+            data = licstore.encode(str(src), model=args.model, **_rate_kwargs(args))
+            _write_atomic(dst, data)
+        except (LICError, OSError) as e:
+            failed.append((src, e))
+    for src, e in failed:
+        print(f"failed: {src}: {e}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def cmd_decompress(args) -> int:
+    from tqdm import tqdm
+
+    import licstore
+
+    files = _expand(args.inputs, {".lic"})
+    out = Path(args.output)
+    fmt = args.format.lower()
+    single = len(files) == 1 and out.suffix.lower() in {f".{fmt}", ".png", ".jpg", ".webp", ".tif"}
+    failed = []
+    for src, rel in tqdm(files, unit="img", disable=args.quiet or len(files) < 2):
+        dst = out if single else out / rel.with_suffix(f".{fmt}")
+        try:
+            img = licstore.decode(src.read_bytes())
+            import io
+
+            buf = io.BytesIO()
+            img.save(buf, format=dst.suffix.lstrip(".").upper().replace("JPG", "JPEG"))
+            _write_atomic(dst, buf.getvalue())
+        except (LICError, OSError, ValueError, KeyError) as e:
+            failed.append((src, e))
+    for src, e in failed:
+        print(f"failed: {src}: {e}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def cmd_info(args) -> int:
+    import licstore
+
+    failed = 0
+    for src, _ in _expand(args.inputs, {".lic"}):
+        try:
+            i = licstore.info(src.read_bytes())
+        except (LICError, OSError) as e:
+            print(f"failed: {src}: {e}", file=sys.stderr)
+            failed += 1
+            continue
+        layers = ", ".join(f"{layer.kind} {layer.bytes} B" for layer in i.layers)
+        print(
+            f"{src}: v{i.format_version} {i.model}@{i.weights_hash[:8]} {i.width}x{i.height} "
+            f"{i.mode} rate={i.rate} {i.total_bytes} B ({i.bpp:.3f} bpp) layers: {layers}; "
+            f"container overhead {i.overhead_bytes} B"
+        )
+    return 1 if failed else 0
+
+
+def cmd_models(args) -> int:
+    import licstore
+
+    default = licstore.models.DEFAULT_MODEL
+    for name in licstore.models.available():
+        print(f"{name}{'  (default)' if name == default else ''}")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from . import rd
+
+    return rd.main(args.rest)
+
+
+def demo_images() -> list[Path]:
+    """Kodak next to the repository when present, else the small bundled sample photos."""
+    kodak = Path(__file__).resolve().parents[2] / "shared" / "data" / "kodak"
+    if kodak.is_dir() and any(kodak.glob("*.png")):
+        return sorted(kodak.glob("*.png"))
+    return sorted((Path(__file__).resolve().parent / "samples").glob("*"))
+
+
+def cmd_demo(args) -> int:
+    """Compress real photos with the shipped default model; print sizes, bpp, PSNR, time."""
+    import numpy as np
+    from PIL import Image
+
+    import licstore
+    from licstore.metrics import psnr
+
+    files = demo_images()[: args.limit] if args.limit else demo_images()
+    if not files:
+        print("no demo images found", file=sys.stderr)
+        return 1
+    print(f"model {licstore.models.DEFAULT_MODEL}, target bpp={args.bpp}, {len(files)} images")
+    print(
+        f"{'image':<14}{'original B':>12}{'licstore B':>12}{'bpp':>8}{'PSNR dB':>9}{'enc s':>8}{'dec s':>8}"
+    )
+    tot_in = tot_out = 0
+    ps = []
+    for f in files:
+        raw = f.stat().st_size
+        img = Image.open(f).convert("RGB")
+        t0 = time.perf_counter()
+        data = licstore.encode(img, bpp=args.bpp)
+        t1 = time.perf_counter()
+        rec = licstore.decode(data)
+        t2 = time.perf_counter()
+        p = psnr(np.asarray(img), np.asarray(rec))
+        bpp = len(data) * 8 / (img.width * img.height)
+        tot_in += raw
+        tot_out += len(data)
+        ps.append(p)
+        print(
+            f"{f.name:<14}{raw:>12}{len(data):>12}{bpp:>8.3f}{p:>9.2f}{t1 - t0:>8.2f}{t2 - t1:>8.2f}"
+        )
+    print(
+        f"total: {tot_in} B as stored -> {tot_out} B with licstore "
+        f"({100 * (1 - tot_out / tot_in):.1f}% saved, {tot_in / tot_out:.1f}x), mean PSNR {np.mean(ps):.2f} dB"
+    )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="licstore", description="learned image compression for datasets"
+    )
+    sub = ap.add_subparsers(dest="cmd", required=True)
+
+    def add_rate(p):
+        g = p.add_mutually_exclusive_group()
+        g.add_argument("--bpp", type=float, help="target bits per pixel (per image)")
+        g.add_argument("--quality", type=int, help="quality level 1..8")
+        g.add_argument("--psnr", type=float, help="target PSNR in dB")
+        p.add_argument("--model", help="model name (see `licstore models`)")
+
+    p = sub.add_parser("compress", help="images -> .lic files")
+    p.add_argument("inputs", nargs="+", help="image files or folders")
+    p.add_argument(
+        "-o", "--output", required=True, help="output folder (or .lic file for one input)"
+    )
+    p.add_argument("-q", "--quiet", action="store_true")
+    add_rate(p)
+    p.set_defaults(func=cmd_compress)
+
+    p = sub.add_parser("decompress", help=".lic files -> images")
+    p.add_argument("inputs", nargs="+")
+    p.add_argument("-o", "--output", required=True)
+    p.add_argument("--format", default="png", help="png (default), webp, tiff, jpg")
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.set_defaults(func=cmd_decompress)
+
+    p = sub.add_parser("info", help="describe .lic files (no network runs)")
+    p.add_argument("inputs", nargs="+")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("models", help="list available models")
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("eval", help="rate-distortion evaluation (see tools/eval_rd.py --help)")
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("demo", help="compress real photos with the default model")
+    p.add_argument("--bpp", type=float, default=0.3)
+    p.add_argument("--limit", type=int, default=0, help="at most this many images")
+    p.set_defaults(func=cmd_demo)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "quality", None) is not None and not 1 <= args.quality <= 8:
+        print("licstore: --quality must be 1..8", file=sys.stderr)
+        return 2
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,229 @@
+"""The exact entropy-parameter path and latent <-> string coding.
+
+A learned codec only decodes if encoder and decoder derive *bit-identical* entropy
+parameters (CompressAI issue #309: float hyper-decoders differ across devices, thread
+counts and batch sizes). licstore therefore evaluates the hyper-synthesis in fixed
+point: integer weights, integer activations, convolutions done as integer-valued
+float64 matrix products whose every partial sum stays below 2**53, so the result is
+exact whatever the BLAS, the summation order, the batch or the machine (Balle et al.
+2019, "Integer networks for data compression"). Everything downstream of it (scale
+indexes, means, quantization steps) uses only correctly rounded IEEE operations in
+float64 on the CPU. The synthesis transform is outside this path and may run in bf16.
+
+The rANS coder and the CDF tables are CompressAI's; the tables ship inside the weights
+file, so no machine recomputes them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from compressai.ans import RansDecoder, RansEncoder
+
+from .errors import CorruptBitstreamError
+
+#: fractional bits of fixed-point activations and weights
+FRAC_BITS = 12
+_ONE = float(1 << FRAC_BITS)
+#: activations are clamped to +-ACT_LIMIT (fixed point) and weights must lie within
+#: +-WEIGHT_LIMIT, so |partial sums| <= ACT_LIMIT * WEIGHT_LIMIT * fan_in < 2**53
+ACT_LIMIT = float(1 << (FRAC_BITS + 10))
+WEIGHT_LIMIT = float(1 << (FRAC_BITS + 4))
+MAX_FAN_IN = 1 << 12
+#: decoded symbols beyond this magnitude only come from corrupt streams
+SYMBOL_LIMIT = 1 << 15
+
+
+@dataclass
+class FixedPointConv:
+    """One 3x3 (or kxk) convolution layer of the integer hyper-synthesis."""
+
+    weight: torch.Tensor  # float64, integer valued, [out, in, k, k], scale 2**FRAC_BITS
+    bias: torch.Tensor  # float64, integer valued, [out], scale 2**FRAC_BITS
+    upsample: int  # pixel-shuffle factor applied after the convolution (1 = none)
+    relu: bool
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        b, _, h, w = x.shape
+        k = self.weight.shape[-1]
+        cols = F.unfold(x, k, padding=k // 2)  # [B, in*k*k, h*w], exact rearrangement
+        wmat = self.weight.reshape(self.weight.shape[0], -1)
+        acc = torch.matmul(wmat, cols)  # integer valued and < 2**53: exact in any order
+        out = torch.floor(acc / _ONE) + self.bias[:, None]
+        out = out.reshape(b, -1, h, w)
+        if self.upsample > 1:
+            out = F.pixel_shuffle(out, self.upsample)
+        if self.relu:
+            out = out.clamp_(min=0.0)
+        return out.clamp_(-ACT_LIMIT, ACT_LIMIT)
+
+
+class FixedPointHyperSynthesis:
+    """Bit-exact evaluation of a ReLU / sub-pixel hyper-synthesis network."""
+
+    def __init__(self, layers: list[FixedPointConv]):
+        self.layers = layers
+
+    @classmethod
+    def from_float(cls, seq: nn.Sequential) -> FixedPointHyperSynthesis:
+        """Quantize a trained float ``h_s`` (convs, SubpelUp modules and ReLUs)."""
+        layers: list[FixedPointConv] = []
+        for mod in seq:
+            if isinstance(mod, nn.ReLU):
+                layers[-1].relu = True
+                continue
+            conv = getattr(mod, "conv", mod)
+            if not isinstance(conv, nn.Conv2d) or conv.stride != (1, 1):
+                raise TypeError(f"cannot convert {type(mod).__name__} to fixed point")
+            upsample = 2 if conv is not mod else 1
+            w = torch.round(conv.weight.detach().double() * _ONE)
+            b = torch.round(conv.bias.detach().double() * _ONE)
+            if w.abs().max() > WEIGHT_LIMIT or w[0].numel() > MAX_FAN_IN:
+                raise ValueError("hyper-synthesis weights out of the exact fixed-point range")
+            layers.append(FixedPointConv(w, b, upsample, relu=False))
+        return cls(layers)
+
+    def state_dict(self, prefix: str = "exact.h_s.") -> dict[str, torch.Tensor]:
+        out = {}
+        for i, layer in enumerate(self.layers):
+            out[f"{prefix}{i}.weight"] = layer.weight.to(torch.int32)
+            out[f"{prefix}{i}.bias"] = layer.bias.to(torch.int32)
+            out[f"{prefix}{i}.config"] = torch.tensor(
+                [layer.upsample, int(layer.relu)], dtype=torch.int32
+            )
+        return out
+
+    @classmethod
+    def from_state_dict(
+        cls, state: dict[str, torch.Tensor], prefix: str = "exact.h_s."
+    ) -> FixedPointHyperSynthesis:
+        layers = []
+        i = 0
+        while f"{prefix}{i}.weight" in state:
+            w = state[f"{prefix}{i}.weight"].double()
+            b = state[f"{prefix}{i}.bias"].double()
+            up, relu = (int(v) for v in state[f"{prefix}{i}.config"])
+            if w.abs().max() > WEIGHT_LIMIT or w[0].numel() > MAX_FAN_IN:
+                raise ValueError("fixed-point weights out of range")
+            layers.append(FixedPointConv(w, b, up, bool(relu)))
+            i += 1
+        if not layers:
+            raise KeyError(f"no fixed-point layers under {prefix!r}")
+        return cls(layers)
+
+    def __call__(self, z_hat: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """``z_hat`` (float32, exact values) -> (scales, means) as exact float64 arrays."""
+        x = torch.round(z_hat.detach().cpu().double().clamp(-1024, 1024) * _ONE)
+        for layer in self.layers:
+            x = layer(x)
+        scales, means = (t.numpy() / _ONE for t in x.chunk(2, 1))
+        return np.ascontiguousarray(scales), np.ascontiguousarray(means)
+
+
+def interpolate_steps(step_table: np.ndarray, r: float) -> np.ndarray:
+    """Per-channel quantization step at rate parameter ``r`` (exact float64 operations)."""
+    levels = step_table.shape[0]
+    i = min(int(np.floor(r)), levels - 2)
+    t = np.float64(r) - np.float64(i)
+    lo, hi = step_table[i], step_table[i + 1]
+    return np.add(np.multiply(lo, np.float64(1) - t), np.multiply(hi, t))
+
+
+class _TableCoder:
+    """rANS coding of integer symbols under indexed quantized CDF tables."""
+
+    def __init__(self, quantized_cdf: torch.Tensor, cdf_length: torch.Tensor, offset: torch.Tensor):
+        self.cdfs = quantized_cdf.to(torch.int32).tolist()
+        self.cdf_length = cdf_length.reshape(-1).to(torch.int32).tolist()
+        self.offset = offset.reshape(-1).to(torch.int32).tolist()
+        self.n_tables = len(self.cdfs)
+
+    def encode(self, symbols: np.ndarray, indexes: np.ndarray) -> bytes:
+        return RansEncoder().encode_with_indexes(
+            symbols.reshape(-1).astype(np.int32).tolist(),
+            indexes.reshape(-1).astype(np.int32).tolist(),
+            self.cdfs,
+            self.cdf_length,
+            self.offset,
+        )
+
+    def decode(self, data: bytes, indexes: np.ndarray) -> np.ndarray:
+        n = indexes.size
+        # CompressAI's decoder does not bounds-check its reads; zero padding keeps a
+        # corrupt stream's over-reads inside our buffer (<= 4 bytes per symbol + escapes).
+        padded = bytes(data) + bytes(8 * n + 64 + 8 * len(data))
+        values = RansDecoder().decode_with_indexes(
+            padded,
+            indexes.reshape(-1).astype(np.int32).tolist(),
+            self.cdfs,
+            self.cdf_length,
+            self.offset,
+        )
+        out = np.asarray(values, dtype=np.int64).reshape(indexes.shape)
+        if out.size and np.abs(out).max() > SYMBOL_LIMIT:
+            raise CorruptBitstreamError("latent symbols out of range: corrupt base layer")
+        return out
+
+
+class FactorizedCoder(_TableCoder):
+    """Codes the hyper-latent ``z`` with the factorized prior's tables (one per channel)."""
+
+    def __init__(self, eb: nn.Module):
+        super().__init__(eb._quantized_cdf, eb._cdf_length, eb._offset)
+        self.medians = eb.quantiles.detach()[:, 0, 1].float().cpu()  # float32
+
+    def _indexes(self, shape: tuple[int, ...]) -> np.ndarray:
+        b, c, h, w = shape
+        return np.broadcast_to(np.arange(c, dtype=np.int32)[None, :, None, None], shape)
+
+    def symbols(self, z: torch.Tensor) -> np.ndarray:
+        med = self.medians[None, :, None, None]
+        return torch.round(z.detach().float().cpu() - med).to(torch.int64).numpy()
+
+    def dequantize(self, symbols: np.ndarray) -> torch.Tensor:
+        """Symbols -> z_hat in float32, identically on encoder and decoder."""
+        return torch.from_numpy(symbols).float() + self.medians[None, :, None, None]
+
+    def encode(self, symbols: np.ndarray) -> bytes:  # type: ignore[override]
+        return super().encode(symbols, self._indexes(symbols.shape))
+
+    def decode(self, data: bytes, shape: tuple[int, ...]) -> np.ndarray:  # type: ignore[override]
+        return super().decode(data, np.ascontiguousarray(self._indexes(shape)))
+
+
+class GaussianCoder(_TableCoder):
+    """Codes ``y`` given exact scales/means/steps with the Gaussian conditional's tables."""
+
+    def __init__(self, gc: nn.Module):
+        super().__init__(gc._quantized_cdf, gc._cdf_length, gc._offset)
+        self.scale_table = gc.scale_table.detach().double().cpu().numpy()
+        self._thresholds = self.scale_table[:-1]
+
+    def indexes(self, scales: np.ndarray, steps: np.ndarray) -> np.ndarray:
+        """Table index per element, as CompressAI's ``build_indexes`` on ``scales / steps``."""
+        s = np.divide(scales, steps[None, :, None, None])
+        return np.searchsorted(self._thresholds, s, side="left").astype(np.int32)
+
+    @staticmethod
+    def symbols(y: torch.Tensor, means: np.ndarray, steps: np.ndarray) -> np.ndarray:
+        u = (y.detach().double().cpu().numpy() - means) / steps[None, :, None, None]
+        return np.rint(u).astype(np.int64)
+
+    @staticmethod
+    def dequantize(symbols: np.ndarray, means: np.ndarray, steps: np.ndarray) -> torch.Tensor:
+        y_hat = np.add(np.multiply(symbols.astype(np.float64), steps[None, :, None, None]), means)
+        return torch.from_numpy(y_hat).float()
+
+    def estimate_bits(self, symbols: np.ndarray, indexes: np.ndarray) -> float:
+        """Ideal code length of ``symbols`` under the tabulated Gaussians (for rate search)."""
+        s = torch.from_numpy(self.scale_table[indexes])
+        v = torch.from_numpy(np.abs(symbols).astype(np.float64))
+        c = -(2**-0.5)
+        upper = 0.5 * torch.erfc(c * (0.5 - v) / s)
+        lower = 0.5 * torch.erfc(c * (-0.5 - v) / s)
+        p = (upper - lower).clamp_min(2**-16)
+        return float(-torch.log2(p).sum())

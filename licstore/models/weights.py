@@ -1,0 +1,96 @@
+"""Weights files: safetensors on disk, SHA-256 checked before use.
+
+A shipped weights file holds the float parameters (fp16 for the transforms) and the
+exact inference tables (fixed-point hyper-synthesis, step table, CDF tables) at full
+precision. Its SHA-256 is recorded in ``licstore/weights/manifest.json``; the first
+8 bytes of it go into every bitstream, so a decoder can pick the exact weights a
+file was written with.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+from ..errors import WeightsIntegrityError
+
+WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
+MANIFEST = WEIGHTS_DIR / "manifest.json"
+#: parameters of these submodules are stored in fp16 (they never enter the exact path)
+FP16_PREFIXES = ("g_a.", "g_s.", "h_a.", "h_s.")
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def read_verified(path: str | os.PathLike, sha256: str | None) -> bytes:
+    """Read a weights file and check its SHA-256 (when one is expected)."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise WeightsIntegrityError(f"cannot read weights {path}: {e}") from e
+    if sha256 is not None and sha256_bytes(data) != sha256:
+        raise WeightsIntegrityError(
+            f"weights file {path} has SHA-256 {sha256_bytes(data)}, expected {sha256}: "
+            "the file is damaged or was replaced; reinstall licstore"
+        )
+    return data
+
+
+def parse(data: bytes) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """safetensors bytes -> (tensors, metadata); never unpickles anything."""
+    try:
+        tensors = st_load(data)
+        header_len = int.from_bytes(data[:8], "little")
+        meta = json.loads(data[8 : 8 + header_len]).get("__metadata__", {}) or {}
+    except (SafetensorError, ValueError, json.JSONDecodeError) as e:
+        raise WeightsIntegrityError(f"malformed weights file: {e}") from e
+    return tensors, meta
+
+
+def export(model: torch.nn.Module, path: str | os.PathLike, metadata: dict[str, str]) -> str:
+    """Write ``model`` (frozen) as a weights file atomically; returns its SHA-256."""
+    state = {}
+    for k, v in model.state_dict().items():
+        v = v.detach().cpu().contiguous()
+        if k.startswith(FP16_PREFIXES) and v.is_floating_point():
+            v = v.half()
+        state[k] = v
+    state.update({k: v.contiguous() for k, v in model.exact_state_dict().items()})
+    data = st_save(state, metadata={k: str(v) for k, v in metadata.items()})
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+    return sha256_bytes(data)
+
+
+def load_float_state(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Float parameters of a weights file or training checkpoint, for ``--init-from``."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        tensors, _ = parse(read_verified(path, None))
+    else:
+        tensors = torch.load(path, map_location="cpu", weights_only=True)["model"]
+    return {
+        k: v.float() if v.is_floating_point() else v
+        for k, v in tensors.items()
+        if not k.startswith("exact.")
+    }
+
+
+def read_manifest() -> dict:
+    if not MANIFEST.exists():
+        return {"models": {}}
+    return json.loads(MANIFEST.read_text())

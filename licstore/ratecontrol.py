@@ -1,0 +1,107 @@
+"""Rate targets (bpp / quality / psnr) -> the model's rate parameter.
+
+The default model's analysis does not depend on the rate, so every search here only
+re-runs quantization: bit estimates (no entropy coding) for ``bpp``, latent
+reconstruction + synthesis for ``psnr``. A final real encode checks the result.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from .errors import RateTargetError
+
+DEFAULT_QUALITY = 4
+#: a bpp result may exceed its target by at most this fraction
+BPP_TOLERANCE = 0.03
+
+
+@dataclass(frozen=True)
+class RateTarget:
+    """Exactly one of the three, validated."""
+
+    bpp: float | None = None
+    quality: int | None = None
+    psnr: float | None = None
+
+    @classmethod
+    def from_kwargs(cls, bpp=None, quality=None, psnr=None) -> RateTarget:
+        given = [
+            k for k, v in (("bpp", bpp), ("quality", quality), ("psnr", psnr)) if v is not None
+        ]
+        if len(given) > 1:
+            raise RateTargetError(f"give at most one rate target, got {', '.join(given)}")
+        if not given:
+            return cls(quality=DEFAULT_QUALITY)
+        if bpp is not None:
+            if isinstance(bpp, bool) or not isinstance(bpp, (int, float)) or not (0 < bpp < 48):
+                raise RateTargetError(f"bpp must be a number in (0, 48), got {bpp!r}")
+            return cls(bpp=float(bpp))
+        if quality is not None:
+            if isinstance(quality, bool) or not isinstance(quality, int) or not 1 <= quality <= 8:
+                raise RateTargetError(f"quality must be an integer 1..8, got {quality!r}")
+            return cls(quality=quality)
+        if isinstance(psnr, bool) or not isinstance(psnr, (int, float)) or not (0 < psnr < 100):
+            raise RateTargetError(f"psnr must be a number of dB in (0, 100), got {psnr!r}")
+        return cls(psnr=float(psnr))
+
+    def describe(self) -> str:
+        if self.bpp is not None:
+            return f"bpp={self.bpp:g}"
+        if self.psnr is not None:
+            return f"psnr={self.psnr:g}"
+        return f"quality={self.quality}"
+
+
+def smallest_rate_reaching(
+    f: Callable[[int], float], target: float, lo: int, hi: int, resolution: int
+) -> int | None:
+    """Smallest integer rate in [lo, hi] (to ``resolution``) with increasing ``f(rate) >= target``.
+
+    Returns None when even ``hi`` does not reach it.
+    """
+    if f(lo) >= target:
+        return lo
+    if f(hi) < target:
+        return None
+    while hi - lo > resolution:
+        mid = (lo + hi) // 2
+        if f(mid) >= target:
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
+def largest_rate_within(
+    size: Callable[[int], float], budget: float, lo: int, hi: int, max_evals: int = 12
+) -> tuple[int, bool]:
+    """Largest rate whose increasing ``size(rate)`` is <= ``budget``.
+
+    Regula falsi on log size (sizes grow roughly exponentially with the rate), with
+    bisection as a safeguard. Returns (rate, ok); ok is False when even ``lo`` is over.
+    """
+    s_lo, s_hi = size(lo), size(hi)
+    if s_hi <= budget:
+        return hi, True
+    if s_lo > budget:
+        return lo, False
+    evals = 2
+    log_b = math.log(budget)
+    while hi - lo > 1 and evals < max_evals:
+        a, b = math.log(max(s_lo, 1e-9)), math.log(max(s_hi, 1e-9))
+        guess = lo + (hi - lo) * (log_b - a) / (b - a) if b > a else (lo + hi) / 2
+        mid = int(min(max(guess, lo + 1), hi - 1))
+        if evals % 3 == 2:  # every third step bisects, so the bracket always shrinks
+            mid = (lo + hi) // 2
+        s = size(mid)
+        evals += 1
+        if s <= budget:
+            lo, s_lo = mid, s
+            if s >= budget * (1 - BPP_TOLERANCE / 3):
+                break
+        else:
+            hi, s_hi = mid, s
+    return lo, True

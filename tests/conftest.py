@@ -1,0 +1,58 @@
+"""Shared fixtures: tiny randomly initialised models (plumbing), real photos (skipped if absent)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+KODAK = ROOT.parent / "shared" / "data" / "kodak"
+
+
+def make_tiny_weights(path: Path, name: str = "tiny-test", seed: int = 0) -> Path:
+    """Export a small random mshp-vr (fast to run) as a weights file."""
+    from licstore.models.mshp_vr import MeanScaleHyperpriorVR
+    from licstore.models.weights import export
+
+    torch.manual_seed(seed)
+    model = MeanScaleHyperpriorVR(N=16, M=24).eval()
+    model.freeze()
+    meta = {"name": name, "architecture": "mshp-vr", "arch_kwargs": '{"N": 16, "M": 24}'}
+    export(model, path, meta)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> str:
+    """Name of a registered tiny model (random weights)."""
+    import licstore
+
+    path = make_tiny_weights(tmp_path_factory.mktemp("weights") / "tiny.safetensors")
+    return licstore.models.register_weights(path)
+
+
+@pytest.fixture(scope="session")
+def tiny_weights_path(tiny_model) -> Path:
+    import licstore.models as m
+
+    return next(iter(m._weights[tiny_model].values()))[0]
+
+
+@pytest.fixture
+def photo() -> np.ndarray:
+    """A smooth synthetic 'photo' (gradients + texture), 96x80 RGB uint8."""
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:80, 0:96]
+    img = np.stack([xx * 2.5, yy * 3.0, (xx + yy) * 1.4], -1)
+    img = img + rng.normal(0, 6, img.shape)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="session")
+def kodak_dir() -> Path:
+    if not KODAK.is_dir():
+        pytest.skip(f"Kodak images not found at {KODAK}")
+    return KODAK
