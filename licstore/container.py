@@ -61,7 +61,7 @@ LAYER_KINDS: dict[str, int] = {
 _MODE_BY_CODE = {code: mode for mode, code in MODE_CODES.items()}
 _KIND_BY_CODE = {code: kind for kind, code in LAYER_KINDS.items()}
 
-_MODEL_NAME_RE = re.compile(rb"[A-Za-z0-9][A-Za-z0-9._+-]*")
+_MODEL_NAME_RE = re.compile(rb"[A-Za-z0-9][A-Za-z0-9._+:-]*")
 _DIM_VARINT_BYTES = 3  # 2**21 - 1 >= MAX_DIMENSION
 _LEN_VARINT_BYTES = 5  # 2**35 - 1 >= MAX_LAYER_DATA
 _CRC_SIZE = 4
@@ -158,7 +158,7 @@ def _validate(bs: Bitstream) -> None:
     ):
         raise BitstreamFieldError(
             f"model name {bs.model!r} must be 1..{MAX_MODEL_NAME} characters of "
-            "[A-Za-z0-9._+-] starting with a letter or digit"
+            "[A-Za-z0-9._+:-] starting with a letter or digit"
         )
     if not _is_bytes(bs.weights_hash) or len(bs.weights_hash) != WEIGHTS_HASH_SIZE:
         raise BitstreamFieldError(f"weights_hash must be {WEIGHTS_HASH_SIZE} bytes")

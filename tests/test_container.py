@@ -170,7 +170,7 @@ def test_error_hierarchy() -> None:
     assert issubclass(BitstreamFieldError, ValueError)
 
 
-names = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}", fullmatch=True)
+names = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._+:-]{0,63}", fullmatch=True)
 layer_lists = st.lists(
     st.builds(
         Layer,

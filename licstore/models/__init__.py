@@ -16,7 +16,7 @@ from pathlib import Path
 import torch.nn as nn
 
 from ..errors import ModelNotFoundError, WeightsIntegrityError
-from . import mshp_vr  # noqa: F401  (registers the architecture)
+from . import compressai_zoo, mshp_vr  # noqa: F401  (mshp_vr registers its architecture)
 from .registry import MODEL_CLASSES, model_class, register_model
 from .weights import WEIGHTS_DIR, parse, read_manifest, read_verified, sha256_bytes
 
@@ -50,8 +50,13 @@ _load_manifest()
 
 
 def available() -> list[str]:
-    """Names accepted by ``load`` and ``licstore.encode(model=...)``."""
-    return sorted(_weights)
+    """Names accepted by ``load`` and ``licstore.encode(model=...)``.
+
+    Shipped and registered models first; then CompressAI's zoo (``compressai:<arch>``),
+    which downloads its weights unless a local checkpoint was registered.
+    """
+    zoo = [compressai_zoo.PREFIX + a for a in compressai_zoo.zoo_architectures()]
+    return sorted(_weights) + zoo
 
 
 def architectures() -> list[str]:
@@ -97,6 +102,8 @@ def _resolve(name: str, version: str | None) -> tuple[Path, str]:
 def load(name: str | None = None, *, version: str | None = None, device: str = "cpu") -> nn.Module:
     """A frozen, eval-mode model, loaded once per process (thread-safe)."""
     name = name or DEFAULT_MODEL
+    if name.startswith(compressai_zoo.PREFIX):
+        return _load_zoo(name, version, device)
     path, digest = _resolve(name, version)
     key = (name, digest, str(device))
     with _lock:
@@ -122,6 +129,19 @@ def load(name: str | None = None, *, version: str | None = None, device: str = "
         model.weights_sha256 = digest
         _cache[key] = model
         return model
+
+
+def _load_zoo(name: str, version: str | None, device: str) -> nn.Module:
+    model = compressai_zoo.CompressAIZooModel(name[len(compressai_zoo.PREFIX) :])
+    key = (name, model.weights_sha256, str(device))
+    with _lock:
+        model = _cache.setdefault(key, model.to(device))
+    if version is not None and not model.weights_sha256.startswith(version):
+        raise ModelNotFoundError(
+            f"{name}: the data was written with other weights ({version}) than the ones "
+            f"configured here ({model.weights_sha256[:16]})"
+        )
+    return model
 
 
 def for_bitstream(name: str, hash_prefix: bytes, device: str = "cpu") -> nn.Module:

@@ -72,6 +72,7 @@ def export(model: torch.nn.Module, path: str | os.PathLike, metadata: dict[str, 
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
     with os.fdopen(fd, "wb") as f:
         f.write(data)
+    os.chmod(tmp, 0o644)
     os.replace(tmp, path)
     return sha256_bytes(data)
 

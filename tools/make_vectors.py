@@ -1,0 +1,96 @@
+#!/usr/bin/env python
+"""Write the format test vectors in formats/vectors/ (run once per new vector set).
+
+Each vector is a bitstream plus the SHA-256 of its decoded latents (exact on every
+machine) and of its decoded pixels (fp32 synthesis). ``tests/test_vectors.py`` checks
+that current code still decodes every vector to the same latents and pixels: old files
+must keep decoding. Never regenerate an existing vector; add new ones.
+
+    python tools/make_vectors.py            # tiny random model, committed beside the vectors
+    python tools/make_vectors.py --model mshp-vr --prefix mshp-vr   # the shipped default
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+import licstore  # noqa: E402
+from licstore import container  # noqa: E402
+
+VECTORS = ROOT / "formats" / "vectors"
+
+
+def synthetic_photo(h: int, w: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w]
+    img = np.stack([128 + 100 * np.sin(xx / 9.0), yy * 255 / h, (xx * yy) % 255], -1)
+    return np.clip(img + rng.normal(0, 5, img.shape), 0, 255).astype(np.uint8)
+
+
+def digests(data: bytes) -> dict:
+    bs = container.unpack(data)
+    net = licstore.models.for_bitstream(bs.model, bs.weights_hash)
+    y = net.decode_latents(bs.layer("base").data, bs.height, bs.width, bs.rate)
+    img = licstore.decode(data, precision="fp32")
+    return {
+        "bitstream_sha256": hashlib.sha256(data).hexdigest(),
+        "latents_sha256": hashlib.sha256(y.numpy().tobytes()).hexdigest(),
+        "pixels_sha256": hashlib.sha256(np.asarray(img).tobytes()).hexdigest(),
+        "mode": img.mode,
+        "size": list(img.size),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", help="registered model; default: a tiny random model written here")
+    ap.add_argument("--prefix", default="tiny")
+    args = ap.parse_args()
+    VECTORS.mkdir(parents=True, exist_ok=True)
+    if args.model is None:
+        from conftest import make_tiny_weights
+
+        wpath = VECTORS / "vector-tiny.safetensors"
+        if not wpath.exists():
+            make_tiny_weights(wpath, name="vector-tiny", seed=1234)
+        model = licstore.models.register_weights(wpath)
+    else:
+        model = args.model
+    torch.set_num_threads(1)
+    photo = synthetic_photo(48, 72, 1)
+    cases = {
+        "rgb-q2": (photo, {"quality": 2}),
+        "rgb-q8": (photo, {"quality": 8}),
+        "rgba-q5": (Image.fromarray(photo).convert("RGBA"), {"quality": 5}),
+        "l-q4": (Image.fromarray(photo).convert("L"), {"quality": 4}),
+        "p-q3": (Image.fromarray(photo).convert("P"), {"quality": 3}),
+        "1x1-q1": (photo[:1, :1], {"quality": 1}),
+        "odd-130x67-q6": (synthetic_photo(67, 130, 2), {"quality": 6}),
+    }
+    index_path = VECTORS / "index.json"
+    index = json.loads(index_path.read_text()) if index_path.exists() else {}
+    for case, (img, kw) in cases.items():
+        fname = f"{args.prefix}-{case}.lic"
+        if fname in index:
+            continue  # vectors are forever: never rewrite one
+        data = licstore.encode(img, model=model, **kw)
+        (VECTORS / fname).write_bytes(data)
+        index[fname] = {"model": model, "encode": kw, **digests(data)}
+        print(fname, len(data), "bytes")
+    index_path.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+
+
+if __name__ == "__main__":
+    main()
