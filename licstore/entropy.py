@@ -53,13 +53,11 @@ class FixedPointConv:
         cols = F.unfold(x, k, padding=k // 2)  # [B, in*k*k, h*w], exact rearrangement
         wmat = self.weight.reshape(self.weight.shape[0], -1)
         acc = torch.matmul(wmat, cols)  # integer valued and < 2**53: exact in any order
-        out = torch.floor(acc / _ONE) + self.bias[:, None]
+        out = torch.div(acc, _ONE, rounding_mode="floor").add_(self.bias[:, None])
         out = out.reshape(b, -1, h, w)
         if self.upsample > 1:
             out = F.pixel_shuffle(out, self.upsample)
-        if self.relu:
-            out = out.clamp_(min=0.0)
-        return out.clamp_(-ACT_LIMIT, ACT_LIMIT)
+        return out.clamp_(0.0 if self.relu else -ACT_LIMIT, ACT_LIMIT)
 
 
 class FixedPointHyperSynthesis:

@@ -58,8 +58,10 @@ __all__ = [
     "to_numpy_rgb",
 ]
 
-MAX_PIXELS: int = 64 * 1024 * 1024
-"""Largest accepted width * height. Larger images must be resized or split into tiles."""
+MAX_PIXELS: int = 4096 * 4096
+"""Largest accepted width * height (16.8 MP). The transforms run on the whole image at once;
+at this size encoding peaks at several GiB (see BENCHMARKS.md). Larger images must be resized
+or split into tiles by the caller."""
 
 MAX_SIDE: int = 65535
 """Largest accepted width or height."""

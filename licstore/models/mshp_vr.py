@@ -128,13 +128,11 @@ class MeanScaleHyperpriorVR(nn.Module):
             scales, means = params.float().chunk(2, 1)
             step = self.steps(r)
             u = (y - means) / step
-            if self.training:
-                u_noisy = u + torch.empty_like(u).uniform_(-0.5, 0.5)
-            else:
-                u_noisy = torch.round(u)
-            _, y_likelihoods = self.gaussian_conditional(
-                u_noisy, scales / step, None, training=False
-            )
+            # rate proxy: likelihood of u + uniform noise (training) or of round(u) (eval);
+            # GaussianConditional.forward would round its input and cut the rate gradient
+            u_q = u + torch.empty_like(u).uniform_(-0.5, 0.5) if self.training else torch.round(u)
+            gc = self.gaussian_conditional
+            y_likelihoods = gc.likelihood_lower_bound(gc._likelihood(u_q, scales / step))
             y_hat = quantize_ste(u) * step + means
         x_hat = self.g_s(y_hat)
         return {"x_hat": x_hat, "likelihoods": {"y": y_likelihoods, "z": z_likelihoods}}

@@ -1,0 +1,150 @@
+#!/usr/bin/env python
+"""Speed and memory of the default model next to classical codecs, on Kodak.
+
+    python tools/bench.py [--images DIR] [--limit N] [--model NAME] [--threads 2]
+
+Prints a markdown table (paste it into BENCHMARKS.md with the command line):
+encode time (quality target and bpp target), decode time split into the exact latent
+path and the synthesis, fp32 vs bf16 synthesis, batch 1 vs batched decoding, images/s,
+peak resident memory of a decode-only process, and JPEG / WebP / HEVC decode times.
+Run it on an otherwise idle machine: numbers from a loaded one are meaningless.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import licstore  # noqa: E402
+from licstore import container  # noqa: E402
+
+
+def timed(fn, repeat: int = 1) -> float:
+    best = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        best.append(time.perf_counter() - t)
+    return min(best)
+
+
+def peak_rss_decode(datas_path: Path, precision: str) -> float:
+    """Peak RSS (MiB) of a fresh process that decodes every bitstream once."""
+    code = (
+        "import sys, pickle, resource, licstore\n"
+        "datas = pickle.load(open(sys.argv[1], 'rb'))\n"
+        "[licstore.decode(d, precision=sys.argv[2]) for d in datas]\n"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(datas_path), precision],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def classical_decode_times(images: list[Image.Image]) -> dict[str, float]:
+    import pillow_heif
+
+    pillow_heif.register_heif_opener()
+    out = {}
+    for name, kw in {
+        "JPEG q75": dict(format="JPEG", quality=75),
+        "WebP q75 m6": dict(format="WEBP", quality=75, method=6),
+        "HEVC 4:4:4 q50": dict(format="HEIF", quality=50, chroma=444),
+    }.items():
+        ts = []
+        for im in images:
+            buf = io.BytesIO()
+            im.save(buf, **kw)
+            data = buf.getvalue()
+            ts.append(timed(lambda d=data: Image.open(io.BytesIO(d)).load(), repeat=3))
+        out[name] = statistics.mean(ts)
+    return out
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--images", default=str(ROOT.parent / "shared/data/kodak"))
+    ap.add_argument("--limit", type=int, default=8)
+    ap.add_argument("--model", default=None)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--json", help="also write the raw numbers here")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+
+    files = sorted(Path(args.images).glob("*.png"))[: args.limit]
+    if not files:
+        raise SystemExit(f"no PNG images in {args.images}")
+    images = [Image.open(f).convert("RGB") for f in files]
+    net = licstore.models.load(args.model)
+    licstore.decode(licstore.encode(images[0], model=args.model))  # warm-up
+
+    rows: dict[str, float] = {}
+    datas = []
+    t_q, t_bpp = [], []
+    for im in images:
+        t_q.append(timed(lambda im=im: datas.append(licstore.encode(im, model=args.model))))
+        t_bpp.append(timed(lambda im=im: licstore.encode(im, model=args.model, bpp=0.5)))
+    rows["encode, quality=4 (s/img)"] = statistics.mean(t_q)
+    rows["encode, bpp=0.5 rate control (s/img)"] = statistics.mean(t_bpp)
+    rows["rate control cost (x plain encode)"] = statistics.mean(t_bpp) / statistics.mean(t_q)
+
+    lat, syn32, syn16 = [], [], []
+    for d in datas:
+        bs = container.unpack(d)
+        base = bs.layer("base").data
+        lat.append(timed(lambda b=base, s=bs: net.decode_latents(b, s.height, s.width, s.rate), 2))
+        y = net.decode_latents(base, bs.height, bs.width, bs.rate)
+        syn32.append(timed(lambda y=y: net.synthesize(y, bf16=False), 2))
+        syn16.append(timed(lambda y=y: net.synthesize(y, bf16=True), 2))
+    rows["decode: exact latents (entropy + integer hyper-synthesis) (s/img)"] = statistics.mean(lat)
+    rows["decode: synthesis fp32 (s/img)"] = statistics.mean(syn32)
+    rows["decode: synthesis bf16 (s/img)"] = statistics.mean(syn16)
+    for prec in ("fp32", "bf16"):
+        t = timed(lambda p=prec: [licstore.decode(d, precision=p) for d in datas])
+        rows[f"decode end to end, {prec}, batch 1 (img/s)"] = len(datas) / t
+        t = timed(lambda p=prec: licstore.decode_batch(datas, precision=p, batch_transforms=True))
+        rows[f"decode_batch, {prec}, batched synthesis (img/s)"] = len(datas) / t
+    pkl = Path(tempfile.gettempdir()) / f"licstore-bench-{time.time_ns()}.pkl"
+    import pickle
+
+    pkl.write_bytes(pickle.dumps(datas))
+    for prec in ("fp32", "bf16"):
+        rows[f"peak RSS, decode-only process, {prec} (MiB)"] = peak_rss_decode(pkl, prec)
+    pkl.unlink()
+    rows["peak RSS, this process (MiB)"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    for name, t in classical_decode_times(images).items():
+        rows[f"{name} decode (s/img)"] = t
+
+    print(
+        f"model {net.name}@{net.weights_sha256[:8]}, {len(images)} images from {args.images}, "
+        f"{args.threads} threads, torch {torch.__version__}"
+    )
+    print("| measure | value |\n|---|---|")
+    for k, v in rows.items():
+        print(f"| {k} | {v:.3f} |")
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    main()
