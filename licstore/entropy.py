@@ -88,7 +88,9 @@ class FixedPointHyperSynthesis:
     def state_dict(self, prefix: str = "exact.h_s.") -> dict[str, torch.Tensor]:
         out = {}
         for i, layer in enumerate(self.layers):
-            out[f"{prefix}{i}.weight"] = layer.weight.to(torch.int32)
+            # int16 when it fits (halves the file), int32 otherwise; readers accept both
+            small = layer.weight.abs().max() < 2**15
+            out[f"{prefix}{i}.weight"] = layer.weight.to(torch.int16 if small else torch.int32)
             out[f"{prefix}{i}.bias"] = layer.bias.to(torch.int32)
             out[f"{prefix}{i}.config"] = torch.tensor(
                 [layer.upsample, int(layer.relu)], dtype=torch.int32
@@ -122,8 +124,21 @@ class FixedPointHyperSynthesis:
         return np.ascontiguousarray(scales), np.ascontiguousarray(means)
 
 
+#: below the lowest trained level the step grows linearly: x(1 + EXTRAPOLATION * -r)
+EXTRAPOLATION = 0.375
+
+
 def interpolate_steps(step_table: np.ndarray, r: float) -> np.ndarray:
-    """Per-channel quantization step at rate parameter ``r`` (exact float64 operations)."""
+    """Per-channel quantization step at rate parameter ``r`` (exact float64 operations).
+
+    Linear interpolation between the learned per-level steps for ``0 <= r <= levels - 1``;
+    for ``r < 0`` (rates below the lowest trained level) the level-0 step scaled by
+    ``1 + EXTRAPOLATION * (-r)``: x4 at r = -8.
+    """
+    if r < 0:
+        return np.multiply(
+            step_table[0], np.float64(1) + np.float64(EXTRAPOLATION) * np.float64(-r)
+        )
     levels = step_table.shape[0]
     i = min(int(np.floor(r)), levels - 2)
     t = np.float64(r) - np.float64(i)

@@ -32,7 +32,7 @@ def freeze_checkpoint(ckpt_path: str) -> tuple[torch.nn.Module, dict]:
     # what ships is fp16: round the transforms first so the exact tables match them
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if name.startswith(("g_a.", "g_s.", "h_a.", "h_s.")):
+            if name.startswith(("g_a.", "g_s.", "h_a.")):
                 p.copy_(p.half().float())
     model.eval()
     model.freeze()
@@ -41,6 +41,7 @@ def freeze_checkpoint(ckpt_path: str) -> tuple[torch.nn.Module, dict]:
 
 def write_manifest(manifest: dict) -> None:
     fd, tmp = tempfile.mkstemp(dir=MANIFEST.parent, suffix=".tmp")
+    os.chmod(tmp, 0o644)
     with os.fdopen(fd, "w") as f:
         json.dump(manifest, f, indent=2, sort_keys=True)
         f.write("\n")

@@ -154,15 +154,20 @@ class MeanScaleHyperpriorVR(nn.Module):
         self.entropy_bottleneck.update(force=True)
 
     # -- inference (exact entropy path) ---------------------------------------
-    #: rate parameters are stored as uint16 fixed point with this many steps per level
-    RATE_ONE = 8192
+    #: the stored uint16 rate is ``RATE_ONE * (r + RATE_OFFSET)``: r in [-8, levels - 1]
+    RATE_ONE = 4096
+    RATE_OFFSET = 8
 
     def rate_range(self) -> tuple[int, int]:
-        return 0, (self.levels - 1) * self.RATE_ONE
+        """Stored rates: below level 0 (r < 0) the step is extrapolated (lower bit rates)."""
+        return 0, (self.levels - 1 + self.RATE_OFFSET) * self.RATE_ONE
 
     def quality_to_rate(self, quality: int) -> int:
         """Quality 1..8 (CompressAI zoo levels) -> rate parameter of the matching lambda."""
-        return (quality - 1) * self.RATE_ONE
+        return (quality - 1 + self.RATE_OFFSET) * self.RATE_ONE
+
+    def _steps(self, rate: int) -> np.ndarray:
+        return interpolate_steps(self.step_table, rate / self.RATE_ONE - self.RATE_OFFSET)
 
     def freeze(self) -> None:
         """Build the exact inference tables from the float parameters (after training)."""
@@ -207,14 +212,14 @@ class MeanScaleHyperpriorVR(nn.Module):
         return AnalyzedBatch(y.cpu(), z_strings, scales, means)
 
     def _y_symbols(self, a: AnalyzedBatch, i: int, rate: int):
-        steps = interpolate_steps(self.step_table, rate / self.RATE_ONE)
+        steps = self._steps(rate)
         sym = self.y_coder.symbols(a.y[i : i + 1], a.means[i : i + 1], steps)
         idx = self.y_coder.indexes(a.scales[i : i + 1], steps)
         return sym, idx
 
     def reconstruct_latents(self, a: AnalyzedBatch, i: int, rate: int) -> torch.Tensor:
         """The ``y_hat`` a decoder will get at ``rate``, without entropy coding."""
-        steps = interpolate_steps(self.step_table, rate / self.RATE_ONE)
+        steps = self._steps(rate)
         sym, _ = self._y_symbols(a, i, rate)
         return self.y_coder.dequantize(sym, a.means[i : i + 1], steps)
 
@@ -239,7 +244,7 @@ class MeanScaleHyperpriorVR(nn.Module):
         z_sym = self.z_coder.decode(payload[pos : pos + n], (1, self.N, hz, wz))
         z_hat = self.z_coder.dequantize(z_sym)
         scales, means = self.exact_h_s(z_hat)
-        steps = interpolate_steps(self.step_table, rate / self.RATE_ONE)
+        steps = self._steps(rate)
         idx = self.y_coder.indexes(scales, steps)
         y_sym = self.y_coder.decode(payload[pos + n :], idx)
         return self.y_coder.dequantize(y_sym, means, steps)
@@ -251,6 +256,20 @@ class MeanScaleHyperpriorVR(nn.Module):
         with torch.autocast(y_hat.device.type, dtype=torch.bfloat16, enabled=bf16):
             x = self.g_s(y_hat)
         return x.float().clamp_(0, 1)
+
+
+def float_h_s_from_exact(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Float ``h_s`` parameters recovered from the fixed-point copy (for ``--init-from``).
+
+    Shipped weights store ``h_s`` only in fixed point (2**-12 resolution, finer than fp16).
+    """
+    names = ("h_s.0.conv", "h_s.2.conv", "h_s.4")
+    out = {}
+    for i, name in enumerate(names):
+        if f"exact.h_s.{i}.weight" in state:
+            out[f"{name}.weight"] = state[f"exact.h_s.{i}.weight"].double().div(4096).float()
+            out[f"{name}.bias"] = state[f"exact.h_s.{i}.bias"].double().div(4096).float()
+    return out
 
 
 @dataclass

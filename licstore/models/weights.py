@@ -25,7 +25,9 @@ from ..errors import WeightsIntegrityError
 WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
 MANIFEST = WEIGHTS_DIR / "manifest.json"
 #: parameters of these submodules are stored in fp16 (they never enter the exact path)
-FP16_PREFIXES = ("g_a.", "g_s.", "h_a.", "h_s.")
+FP16_PREFIXES = ("g_a.", "g_s.", "h_a.")
+#: float parameters not stored at all: the exact (fixed-point) copy replaces them
+EXACT_ONLY_PREFIXES = ("h_s.",)
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -61,6 +63,8 @@ def export(model: torch.nn.Module, path: str | os.PathLike, metadata: dict[str, 
     """Write ``model`` (frozen) as a weights file atomically; returns its SHA-256."""
     state = {}
     for k, v in model.state_dict().items():
+        if k.startswith(EXACT_ONLY_PREFIXES):
+            continue
         v = v.detach().cpu().contiguous()
         if k.startswith(FP16_PREFIXES) and v.is_floating_point():
             v = v.half()
@@ -82,6 +86,9 @@ def load_float_state(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     path = Path(path)
     if path.suffix == ".safetensors":
         tensors, _ = parse(read_verified(path, None))
+        from .mshp_vr import float_h_s_from_exact
+
+        tensors.update(float_h_s_from_exact(tensors))
     else:
         tensors = torch.load(path, map_location="cpu", weights_only=True)["model"]
     return {
