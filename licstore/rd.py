@@ -654,7 +654,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--merge",
         type=Path,
-        help="earlier results JSON on the same images: its codecs are kept, not re-run",
+        action="append",
+        default=[],
+        help="earlier results JSON on the same images: its codecs are kept, not re-run "
+        "(repeatable; with --codecs '' only merges)",
     )
     ap.add_argument("--no-ms-ssim", action="store_true", help="skip MS-SSIM (faster)")
     ap.add_argument("--no-plot", action="store_true", help="do not write the PNG plot")
@@ -689,10 +692,10 @@ def main(argv: list[str] | None = None) -> int:
         compute_ms_ssim=not args.no_ms_ssim,
     )
     result["bd_method"] = args.method
-    if args.merge:
-        earlier = load_results(args.merge)
+    for path in args.merge:
+        earlier = load_results(path)
         if earlier["images"] != result["images"]:
-            print(f"error: {args.merge} was measured on other images", file=sys.stderr)
+            print(f"error: {path} was measured on other images", file=sys.stderr)
             return 2
         for name, entry in earlier["codecs"].items():
             result["codecs"].setdefault(name, entry)
