@@ -164,7 +164,11 @@ def cmd_demo(args) -> int:
         raw = f.stat().st_size
         img = Image.open(f).convert("RGB")
         t0 = time.perf_counter()
-        data = licstore.encode(img, bpp=args.bpp)
+        try:
+            data = licstore.encode(img, bpp=args.bpp)
+        except LICError as e:  # e.g. a target below the model's lowest rate for this image
+            print(f"{f.name:<14}failed: {e}", file=sys.stderr)
+            continue
         t1 = time.perf_counter()
         rec = licstore.decode(data)
         t2 = time.perf_counter()
@@ -176,6 +180,8 @@ def cmd_demo(args) -> int:
         print(
             f"{f.name:<14}{raw:>12}{len(data):>12}{bpp:>8.3f}{p:>9.2f}{t1 - t0:>8.2f}{t2 - t1:>8.2f}"
         )
+    if not ps:
+        return 1
     print(
         f"total: {tot_in} B as stored -> {tot_out} B with licstore "
         f"({100 * (1 - tot_out / tot_in):.1f}% saved, {tot_in / tot_out:.1f}x), mean PSNR {np.mean(ps):.2f} dB"

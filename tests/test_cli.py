@@ -67,3 +67,15 @@ def test_single_file_output_name(tmp_path, image_dir, tiny_model):
 def test_models_lists_default(capsys):
     assert cli.main(["models"]) == 0
     assert "compressai:mbt2018-mean" in capsys.readouterr().out
+
+
+def test_demo_on_bundled_samples(monkeypatch, capsys):
+    """The demo's fallback images (bundled in the package) with the shipped model."""
+    from pathlib import Path
+
+    samples = sorted((Path(cli.__file__).parent / "samples").glob("*.png"))
+    assert len(samples) >= 3
+    monkeypatch.setattr(cli, "demo_images", lambda: samples[:1])
+    assert cli.main(["demo", "--bpp", "0.5"]) == 0
+    out = capsys.readouterr().out
+    assert samples[0].name in out and "saved" in out
