@@ -173,7 +173,11 @@ def main(argv=None) -> None:
             a = np.asarray(Image.open(p).convert("RGB"))
             kodak.append(torch.from_numpy(a).permute(2, 0, 1)[None].float().div(255))
     print(f"{len(photos)} training crops sources, {len(kodak)} Kodak eval images", flush=True)
-    log({"event": "start", "args": vars(args), "step": step, "time": time.time()})
+    # paths relative to the repository, so logs can be committed and compared across machines
+    logged = {
+        k: os.path.relpath(v, ROOT) if k in ("data", "kodak") else v for k, v in vars(args).items()
+    }
+    log({"event": "start", "args": logged, "step": step, "time": time.time()})
 
     budget = args.hours * 3600
     t0 = time.time()
