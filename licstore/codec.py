@@ -42,7 +42,10 @@ def _use_bf16(precision: str, device: torch.device) -> bool:
 def _device(device: str | torch.device | None) -> torch.device:
     if device is None or device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r}: no CUDA device here; use 'cpu' or 'auto'")
+    return dev
 
 
 def _pad_to(x: torch.Tensor, multiple: int) -> torch.Tensor:

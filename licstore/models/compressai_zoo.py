@@ -12,6 +12,7 @@ models -- their bitstreams are only guaranteed to decode on the same kind of dev
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import re
@@ -54,8 +55,15 @@ def _url_hash(architecture: str, quality: int) -> str:
     return re.search(r"-([0-9a-f]{8})\.pth", url).group(1)
 
 
-def _file_sha256(path: Path) -> str:
+@functools.lru_cache(maxsize=64)
+def _sha256_cached(path: Path, mtime_ns: int, size: int) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _file_sha256(path: Path) -> str:
+    """Hash of a checkpoint, read once per file version (``load`` runs on every encode)."""
+    st = path.stat()
+    return _sha256_cached(path, st.st_mtime_ns, st.st_size)
 
 
 @dataclass
