@@ -5,7 +5,7 @@
 >>> image = licstore.decode(data)               # PIL image, original size and mode
 """
 
-from . import errors, models
+from . import arrow, errors, models, parquet
 from .codec import BitstreamInfo, decode, decode_batch, encode, encode_batch, info
 from .errors import (
     CorruptBitstreamError,
@@ -14,11 +14,15 @@ from .errors import (
     UnsupportedImageError,
     WeightsIntegrityError,
 )
+from .features import LICImage
+from .features import register as _register_feature
+from .hf_datasets import compress_dataset, to_image_column
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BitstreamInfo",
+    "LICImage",
     "CorruptBitstreamError",
     "LICError",
     "ModelNotFoundError",
@@ -28,7 +32,13 @@ __all__ = [
     "decode_batch",
     "encode",
     "encode_batch",
+    "arrow",
+    "compress_dataset",
     "errors",
     "info",
     "models",
+    "parquet",
+    "to_image_column",
 ]
+
+_register_feature()

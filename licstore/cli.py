@@ -139,7 +139,8 @@ def demo_images() -> list[Path]:
     kodak = Path(__file__).resolve().parents[2] / "shared" / "data" / "kodak"
     if kodak.is_dir() and any(kodak.glob("*.png")):
         return sorted(kodak.glob("*.png"))
-    return sorted((Path(__file__).resolve().parent / "samples").glob("*"))
+    samples = Path(__file__).resolve().parent / "samples"
+    return sorted(p for p in samples.glob("*") if p.suffix.lower() in {".png", ".jpg", ".jpeg"})
 
 
 def cmd_demo(args) -> int:

@@ -27,6 +27,18 @@ __all__ = ["BitstreamInfo", "decode", "decode_batch", "encode", "encode_batch", 
 DECODE_PRECISION = os.environ.get("LICSTORE_PRECISION", "auto")
 
 
+def _one_thread_after_fork() -> None:
+    """A forked child (``map(num_proc=...)``, DataLoader workers) whose parent already ran
+    torch deadlocks in its first OpenMP region (measured: GNU OpenMP's pool does not survive
+    fork). One intra-op thread per child avoids the pool, and N children already fill the
+    cores; a child that wants more can call ``torch.set_num_threads`` itself."""
+    torch.set_num_threads(1)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_one_thread_after_fork)
+
+
 def _use_bf16(precision: str, device: torch.device) -> bool:
     if precision not in ("auto", "fp32", "bf16"):
         raise ValueError(f"precision must be 'auto', 'fp32' or 'bf16', got {precision!r}")

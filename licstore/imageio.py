@@ -138,7 +138,10 @@ def prepare(image: Any) -> PreparedImage:
     a torch tensor (CxHxW with C in 1, 3, 4; uint8, or float in [0, 1]), a ``str`` or
     ``os.PathLike`` image file path, or ``bytes``/``bytearray`` holding an encoded image file.
     Floats are converted with ``round(x * 255)``. Raises ``UnsupportedImageError`` otherwise.
+    An already prepared image is returned as is (callers that validate rows first).
     """
+    if isinstance(image, PreparedImage):
+        return image
     if isinstance(image, Image.Image):
         return _from_pil(image)
     if isinstance(image, np.ndarray):

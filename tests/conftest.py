@@ -25,12 +25,24 @@ def make_tiny_weights(path: Path, name: str = "tiny-test", seed: int = 0) -> Pat
     return path
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _private_encode_cache(tmp_path_factory):
+    """Tests never touch the user's encode cache; subprocesses inherit the same directory."""
+    import os
+
+    os.environ["LICSTORE_CACHE_DIR"] = str(tmp_path_factory.mktemp("encode-cache"))
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> str:
-    """Name of a registered tiny model (random weights)."""
+    """Name of a registered tiny model (random weights); subprocesses and spawned workers
+    find it through ``LICSTORE_WEIGHTS``."""
+    import os
+
     import licstore
 
     path = make_tiny_weights(tmp_path_factory.mktemp("weights") / "tiny.safetensors")
+    os.environ["LICSTORE_WEIGHTS"] = str(path)
     return licstore.models.register_weights(path)
 
 

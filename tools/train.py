@@ -131,6 +131,13 @@ def main(argv=None) -> None:
     ap.add_argument("--ckpt-minutes", type=float, default=5.0)
     ap.add_argument("--eval-minutes", type=float, default=15.0)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--lambda-balance",
+        type=float,
+        default=0.0,
+        help="weight each sample's loss by (lambda / geometric mean lambda) ** -P, so the "
+        "high-lambda samples (large MSE gradients) do not drown the low-rate end",
+    )
     args = ap.parse_args(argv)
 
     torch.set_num_threads(args.threads)
@@ -180,6 +187,9 @@ def main(argv=None) -> None:
     log({"event": "start", "args": logged, "step": step, "time": time.time()})
 
     budget = args.hours * 3600
+    lam_mean = float(
+        model.lambdas(torch.arange(model.levels, dtype=torch.float32)).log().mean().exp()
+    )
     t0 = time.time()
     last_ckpt = last_eval = t0
     acc = {"loss": 0.0, "bpp": 0.0, "psnr": 0.0, "n": 0}
@@ -218,7 +228,8 @@ def main(argv=None) -> None:
             out = model(x, r)
         mse, bpp = rd_terms(out, x)
         lam = model.lambdas(r)
-        loss = (lam * 255**2 * mse + bpp).mean()
+        weight = (lam / lam_mean) ** -args.lambda_balance
+        loss = (weight * (lam * 255**2 * mse + bpp)).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(main_params, 1.0)

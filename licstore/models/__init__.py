@@ -28,6 +28,7 @@ __all__ = [
     "for_bitstream",
     "register_model",
     "register_weights",
+    "resolve",
 ]
 
 DEFAULT_MODEL = "mshp-vr"
@@ -47,6 +48,14 @@ def _load_manifest() -> None:
 
 
 _load_manifest()
+
+
+def _register_from_env() -> None:
+    """Weights listed in ``LICSTORE_WEIGHTS`` (os.pathsep-separated files) are registered
+    at import, so worker processes (DataLoader with spawn, ``map(num_proc=...)``, Dask)
+    know the same custom models as the process that started them."""
+    for entry in filter(None, os.environ.get("LICSTORE_WEIGHTS", "").split(os.pathsep)):
+        register_weights(entry)
 
 
 def available() -> list[str]:
@@ -79,6 +88,14 @@ def register_weights(path: str | os.PathLike, name: str | None = None) -> str:
         _weights.setdefault(name, {})[digest[:16]] = (Path(path), digest)
         _default_version[name] = digest[:16]
     return name
+
+
+def resolve(name: str | None = None) -> tuple[str, str]:
+    """``(name, full weights SHA-256)`` that ``load(name)`` would use, without loading it."""
+    name = name or DEFAULT_MODEL
+    if name.startswith(compressai_zoo.PREFIX):
+        return name, load(name).weights_sha256
+    return name, _resolve(name, None)[1]
 
 
 def _resolve(name: str, version: str | None) -> tuple[Path, str]:
@@ -147,3 +164,6 @@ def _load_zoo(name: str, version: str | None, device: str) -> nn.Module:
 def for_bitstream(name: str, hash_prefix: bytes, device: str = "cpu") -> nn.Module:
     """The model that wrote a bitstream: same name and same weights."""
     return load(name, version=hash_prefix.hex()[:16], device=device)
+
+
+_register_from_env()
