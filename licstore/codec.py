@@ -5,6 +5,8 @@ Everything an integration needs goes through here; integrations never touch mode
 
 from __future__ import annotations
 
+import copy
+import inspect
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -16,7 +18,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from . import container, imageio, models
-from .errors import CorruptBitstreamError, LICError, RateTargetError
+from . import residual as _res
+from .errors import CorruptBitstreamError, LICError, RateTargetError, UnsupportedImageError
 from .metrics import psnr as _psnr
 from .ratecontrol import BPP_TOLERANCE, RateTarget, largest_rate_within, smallest_rate_reaching
 
@@ -97,6 +100,8 @@ def encode(
     psnr: float | None = None,
     model: str | None = None,
     device: str | None = None,
+    residual: str | None = None,
+    lossless: bool = False,
 ) -> bytes:
     """Compress one image into a self-describing licstore bitstream.
 
@@ -104,8 +109,24 @@ def encode(
     Give at most one rate target: ``bpp`` (per image; the result is within 3% above the
     target or below it), ``quality`` (1..8, CompressAI's zoo levels) or ``psnr`` (the
     smallest rate whose decoded PSNR meets it). With none, ``quality=4``.
+
+    ``residual="hevc"`` adds an HEVC-coded enhancement layer where it pays: ``bpp`` searches
+    the split between base and residual with the highest PSNR (base-only if that wins),
+    ``psnr`` the smallest total size, ``quality`` adds the residual at
+    ``RESIDUAL_HEVC_QUALITY``. ``lossless=True`` adds an exact residual: the decoded image
+    equals the input bit for bit on any machine; the rate target then only picks the base
+    layer (default ``quality=LOSSLESS_BASE_QUALITY``).
     """
-    return encode_batch([image], bpp=bpp, quality=quality, psnr=psnr, model=model, device=device)[0]
+    return encode_batch(
+        [image],
+        bpp=bpp,
+        quality=quality,
+        psnr=psnr,
+        model=model,
+        device=device,
+        residual=residual,
+        lossless=lossless,
+    )[0]
 
 
 def encode_batch(
@@ -117,6 +138,8 @@ def encode_batch(
     model: str | None = None,
     device: str | None = None,
     batch_transforms: bool = False,
+    residual: str | None = None,
+    lossless: bool = False,
 ) -> list[bytes]:
     """Compress many images; same-sized ones share network passes when allowed.
 
@@ -124,12 +147,21 @@ def encode_batch(
     alone, so the bytes are identical to ``encode`` one by one (float kernels differ
     between batch sizes). ``batch_transforms=True`` batches same-sized images through
     the network (faster, above all on GPU); its bitstreams decode the same everywhere
-    but may differ from one-by-one bytes in a few latent symbols.
+    but may differ from one-by-one bytes in a few latent symbols. ``residual`` and
+    ``lossless`` as in ``encode``.
     """
+    _check_enhancement(residual, lossless)
+    if lossless and bpp is None and quality is None and psnr is None:
+        quality = LOSSLESS_BASE_QUALITY
     target = RateTarget.from_kwargs(bpp, quality, psnr)
     dev = _device(device)
     net = models.load(model, device=str(dev))
     prepared = [imageio.prepare(im) for im in images]
+    if lossless:
+        for p in prepared:
+            problem = imageio.lossless_problem(p)
+            if problem:
+                raise UnsupportedImageError(problem)
     out: list[bytes | None] = [None] * len(prepared)
     groups: dict[tuple[int, int], list[int]] = {}
     for i, p in enumerate(prepared):
@@ -140,13 +172,51 @@ def encode_batch(
             x = _to_tensor([prepared[i].rgb for i in chunk], net.downsampling, dev)
             analyzed = net.analyze(x)
             for j, i in enumerate(chunk):
-                out[i] = _encode_one(net, analyzed, j, prepared[i], target, dev)
+                if lossless:
+                    out[i] = _ImageEncoder(net, analyzed, j, prepared[i], dev).lossless(target)
+                elif residual == "hevc":
+                    out[i] = _ImageEncoder(net, analyzed, j, prepared[i], dev).hevc(target)
+                else:
+                    out[i] = _encode_one(net, analyzed, j, prepared[i], target, dev)
     return out  # type: ignore[return-value]
 
 
-def _bitstream(net, prep: imageio.PreparedImage, rate: int, payload: bytes) -> bytes:
+#: base quality of ``lossless=True`` without a rate target: the lowest level, because the
+#: lossless residual barely shrinks as the base grows (Kodak, mshp-vr: total +1% at level 3,
+#: +2% at level 6, +4% at level 8 over level 1; a 0.1 bpp base is 1-5% smaller still)
+LOSSLESS_BASE_QUALITY = 1
+#: HEVC quality (pillow-heif 0..100) of the residual for ``quality=`` targets
+RESIDUAL_HEVC_QUALITY = 20
+RESIDUALS = ("hevc",)
+#: modes whose three coded planes are equal gray: their lossless residual is one plane
+_GRAY_MODES = ("L", "LA", "1")
+
+
+def _check_enhancement(residual: Any, lossless: Any) -> None:
+    """Reject unknown residual values and contradictory combinations up front."""
+    if residual is not None and residual not in RESIDUALS:
+        raise RateTargetError(
+            f"residual must be one of {RESIDUALS} or None, got {residual!r} "
+            "(for an exact copy use lossless=True)"
+        )
+    if not isinstance(lossless, bool):
+        raise RateTargetError(f"lossless must be True or False, got {lossless!r}")
+    if lossless and residual is not None:
+        raise RateTargetError(
+            "lossless=True already stores the image exactly; drop residual="
+            f"{residual!r} (or use residual without lossless for a lossy enhancement layer)"
+        )
+
+
+def _bitstream(
+    net,
+    prep: imageio.PreparedImage,
+    rate: int,
+    payload: bytes,
+    extra: Sequence[container.Layer] = (),
+) -> bytes:
     h, w = prep.rgb.shape[:2]
-    layers = [container.Layer("base", payload)]
+    layers = [container.Layer("base", payload), *extra]
     layers += [container.Layer(s.kind, s.data, s.meta) for s in prep.side_layers]
     bs = container.Bitstream(
         model=net.name,
@@ -158,6 +228,245 @@ def _bitstream(net, prep: imageio.PreparedImage, rate: int, payload: bytes) -> b
         layers=tuple(layers),
     )
     return container.pack(bs)
+
+
+def _synthesize_float64(net, y_hat: torch.Tensor) -> torch.Tensor:
+    """Float64 synthesis: the model's own path, else a float64 copy of the whole model."""
+    if "float64" in inspect.signature(net.synthesize).parameters:
+        return net.synthesize(y_hat, float64=True)
+    twin = net.__dict__.get("_licstore_float64_twin")
+    if twin is None:
+        try:
+            twin = copy.deepcopy(net).double()
+        except Exception as e:
+            raise LICError(
+                f"model {net.name} has no float64 synthesis, which lossless layers need: {e}"
+            ) from e
+        net.__dict__["_licstore_float64_twin"] = twin
+    return twin.synthesize(y_hat.double())
+
+
+def _float64_pixels(net, y_hat: torch.Tensor, height: int, width: int, planes: int) -> np.ndarray:
+    """The lossless prediction input ``v``: 255 * synthesis in float64, H x W x planes."""
+    x = _synthesize_float64(net, y_hat)[0, :, :height, :width].double().cpu()
+    v = (x * 255.0).permute(1, 2, 0).numpy()
+    if planes == 1:  # gray modes: (R + G + B) / 3, summed left to right
+        v = (((v[:, :, 0] + v[:, :, 1]) + v[:, :, 2]) / 3.0)[:, :, None]
+    return np.ascontiguousarray(v)
+
+
+class _ImageEncoder:
+    """One analysed image with an enhancement layer; caches per base rate and HEVC quality."""
+
+    def __init__(self, net, analyzed, j: int, prep: imageio.PreparedImage, dev) -> None:
+        self.net, self.analyzed, self.j, self.prep, self.dev = net, analyzed, j, prep, dev
+        self.h, self.w = prep.rgb.shape[:2]
+        self.bf16 = _use_bf16(DECODE_PRECISION, dev)
+        self._base: dict[int, tuple[bytes, np.ndarray, _res.HevcResidual]] = {}
+        self._heif: dict[tuple[int, int], bytes] = {}
+        self._psnr: dict[tuple[int, int | None], float] = {}
+        self._estimates: dict[int, float] = {}
+        self._fixed = len(_bitstream(net, prep, 0, b""))  # container + side layers
+
+    # -- lossless ---------------------------------------------------------------
+    def lossless(self, target: RateTarget) -> bytes:
+        """Base picked by the rate target as without ``lossless``, plus the exact residual."""
+        plain = _encode_one(self.net, self.analyzed, self.j, self.prep, target, self.dev)
+        bs = container.unpack(plain)
+        planes = 1 if self.prep.mode in _GRAY_MODES else 3
+        y_hat = self.net.reconstruct_latents(self.analyzed, self.j, bs.rate).to(self.dev)
+        v = _float64_pixels(self.net, y_hat, self.h, self.w, planes)
+        data, meta = _res.lossless_encode(self.prep.rgb[:, :, :planes], v)
+        layer = container.Layer(_res.LOSSLESS_KIND, data, meta)
+        return _bitstream(self.net, self.prep, bs.rate, bs.layer("base").data, [layer])
+
+    # -- residual-hevc: building blocks -----------------------------------------
+    def base(self, rate: int) -> tuple[bytes, np.ndarray, _res.HevcResidual]:
+        """Base payload, its decoded planes and the rescaled residual, per base rate."""
+        if rate not in self._base:
+            payload = self.net.encode_latents(self.analyzed, self.j, rate)
+            y_hat = self.net.reconstruct_latents(self.analyzed, self.j, rate).to(self.dev)
+            rec = _to_uint8(self.net.synthesize(y_hat, bf16=self.bf16)[0], self.h, self.w)
+            self._base[rate] = (payload, rec, _res.HevcResidual.of(self.prep.rgb, rec))
+        return self._base[rate]
+
+    def heif(self, rate: int, q: int) -> bytes:
+        if (rate, q) not in self._heif:
+            self._heif[rate, q] = self.base(rate)[2].encode(q)
+        return self._heif[rate, q]
+
+    def pack(self, rate: int, q: int | None) -> bytes:
+        """The bitstream of a split: base at ``rate``, residual at HEVC quality ``q`` (or none)."""
+        payload, _, res = self.base(rate)
+        extra = []
+        if q is not None:
+            data = self.heif(rate, q)
+            extra = [container.Layer(_res.HEVC_KIND, data, res.meta(q, data))]
+        return _bitstream(self.net, self.prep, rate, payload, extra)
+
+    def size(self, rate: int, q: int | None) -> int:
+        return len(self.pack(rate, q))
+
+    def psnr(self, rate: int, q: int | None) -> float:
+        """PSNR of the RGB planes a decoder reconstructs from the split."""
+        if (rate, q) not in self._psnr:
+            _, rec, res = self.base(rate)
+            if q is not None:
+                rec = _res.hevc_reconstruct(rec, res, self.heif(rate, q))
+            self._psnr[rate, q] = _psnr(self.prep.rgb, rec)
+        return self._psnr[rate, q]
+
+    def largest_quality_within(self, rate: int, cap: float) -> int | None:
+        """Highest HEVC quality whose total size is <= cap (sizes grow with quality).
+
+        Galloping up from quality 0 then bisecting: encodes at high qualities are slow
+        (near-lossless HEVC of the whole image) and rarely fit, so they are rarely probed.
+        """
+        qs = _res.HEVC_QUALITIES
+        if self.size(rate, qs[0]) > cap:
+            return None
+        lo, step = 0, 8
+        hi = len(qs)  # first index known (or assumed past the end) not to fit
+        while lo + step < hi:
+            if self.size(rate, qs[lo + step]) <= cap:
+                lo, step = lo + step, step * 2
+            else:
+                hi = lo + step
+                break
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if self.size(rate, qs[mid]) <= cap:
+                lo = mid
+            else:
+                hi = mid
+        return qs[lo]
+
+    def smallest_quality_reaching(self, rate: int, target: float) -> int | None:
+        """Lowest HEVC quality whose PSNR meets the target (PSNR grows with quality).
+
+        Galloping up from quality 0 then bisecting, as in ``largest_quality_within``.
+        """
+        qs = _res.HEVC_QUALITIES
+        lo, step = -1, 8  # lo: highest index known not to reach the target
+        hi = None
+        while hi is None:
+            probe = min(lo + step, len(qs) - 1)
+            if self.psnr(rate, qs[probe]) >= target:
+                hi = probe
+            elif probe == len(qs) - 1:
+                return None
+            else:
+                lo, step = probe, step * 2
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if self.psnr(rate, qs[mid]) >= target:
+                hi = mid
+            else:
+                lo = mid
+        return qs[hi]
+
+    def base_rate_within(self, budget: float) -> int | None:
+        """Largest base rate whose estimated base-only bitstream fits ``budget`` bytes."""
+        lo, hi = self.net.rate_range()
+        rate, ok = largest_rate_within(lambda r: self.estimate(r) + self._fixed, budget, lo, hi)
+        return rate if ok else None
+
+    def estimate(self, rate: int) -> float:
+        """Estimated base payload bytes, memoised: the fractions' searches share probes."""
+        if rate not in self._estimates:
+            self._estimates[rate] = self.net.estimate_bytes(self.analyzed, self.j, rate)
+        return self._estimates[rate]
+
+    # -- residual-hevc: rate allocation -----------------------------------------
+    def hevc(self, target: RateTarget) -> bytes:
+        if target.quality is not None:
+            return self.pack(self.net.quality_to_rate(target.quality), RESIDUAL_HEVC_QUALITY)
+        if target.psnr is not None:
+            return self.pack(*self.split_for_psnr(target.psnr))
+        return self.pack(*self.split_for_bpp(target.bpp)[:2])
+
+    def split_for_bpp(
+        self, bpp: float, fractions: Sequence[float] | None = None
+    ) -> tuple[int, int | None, float]:
+        """(base rate, HEVC quality or None, PSNR) with the highest PSNR within the budget.
+
+        The budget is ``bpp`` + 3%, the tolerance of plain ``bpp=``. Candidates: the plain
+        base-only encode; base layers at fractions of the budget, each completed by the
+        highest HEVC quality that fits (coarse grid); then finer fractions around the best.
+        ``fractions`` replaces all of this by a fixed grid (``[0.7]``: a fixed split).
+        """
+        cap = bpp * self.h * self.w / 8 * (1 + BPP_TOLERANCE)
+        found: dict[tuple[int, int | None], float] = {}
+        tried: dict[float, int | None] = {}
+
+        def consider(f: float) -> None:
+            rate = tried[f] = self.base_rate_within(f * cap)
+            if rate is not None:
+                q = self.largest_quality_within(rate, cap)
+                if q is not None:
+                    found[rate, q] = self.psnr(rate, q)
+
+        if fractions is not None:
+            for f in fractions:
+                consider(f)
+        else:
+            plain = _encode_one(
+                self.net, self.analyzed, self.j, self.prep, RateTarget(bpp=bpp), self.dev
+            )
+            rate = container.unpack(plain).rate
+            found[rate, None] = self.psnr(rate, None)
+            for f in (0.3, 0.5, 0.7, 0.85):
+                consider(f)
+            for step in (0.1, 0.05):  # refine around the best fraction
+                best = max(found, key=found.__getitem__)
+                if best[1] is None:
+                    break
+                f_best = next(f for f, r in tried.items() if r == best[0])
+                for f in (f_best - step, f_best + step):
+                    if 0.1 <= f <= 0.95 and round(f, 3) not in tried:
+                        consider(round(f, 3))
+        if not found:
+            raise RateTargetError(
+                f"bpp={bpp:g} leaves no room for a residual layer next to the base layer"
+            )
+        rate, q = max(found, key=found.__getitem__)
+        return rate, q, found[rate, q]
+
+    def split_for_psnr(self, target: float) -> tuple[int, int | None]:
+        """(base rate, HEVC quality or None) of the smallest bitstream reaching ``target`` dB.
+
+        Base-only (the plain ``psnr=`` search) competes with each quality level's base rate
+        completed by the lowest HEVC quality that reaches the target, then with base rates
+        halfway to the neighbours of the best level.
+        """
+        lo, hi = self.net.rate_range()
+        found: dict[tuple[int, int | None], int] = {}
+        base_only = smallest_rate_reaching(
+            lambda r: self.psnr(r, None), target, lo, hi, resolution=64
+        )
+        if base_only is not None:
+            found[base_only, None] = self.size(base_only, None)
+        grid = sorted({self.net.quality_to_rate(q) for q in range(1, 9)})
+        grid = [r for r in grid if base_only is None or r < base_only]
+
+        def consider(rate: int) -> None:
+            q = self.smallest_quality_reaching(rate, target)
+            if q is not None:
+                found[rate, q] = self.size(rate, q)
+
+        for rate in grid:
+            consider(rate)
+        best = min(found, key=found.__getitem__) if found else None
+        if best is not None and best[1] is not None:
+            i = grid.index(best[0])
+            for other in grid[max(i - 1, 0) : i] + grid[i + 1 : i + 2]:
+                consider((best[0] + other) // 2)
+        if not found:
+            raise RateTargetError(
+                f"psnr={target:g} dB is out of reach for model {self.net.name} on this image, "
+                f"even with an HEVC residual at quality {_res.HEVC_QUALITIES[-1]}"
+            )
+        return min(found, key=found.__getitem__)
 
 
 def _encode_one(net, analyzed, j: int, prep, target: RateTarget, dev: torch.device) -> bytes:
@@ -248,6 +557,8 @@ def decode_batch(
         base = bs.layer("base")
         if base is None:
             raise CorruptBitstreamError("bitstream has no base layer")
+        if bs.layer(_res.HEVC_KIND) and bs.layer(_res.LOSSLESS_KIND):
+            raise CorruptBitstreamError("bitstream has both a lossy and a lossless residual layer")
         groups.setdefault((bs.model, bs.weights_hash, bs.height, bs.width), []).append(i)
     for (name, whash, h, w), idx in groups.items():
         net = models.for_bitstream(name, whash, device=str(dev))
@@ -263,19 +574,46 @@ def decode_batch(
                 raise
             except Exception as e:  # the rANS decoder's own complaints
                 raise CorruptBitstreamError(f"base layer does not decode: {e}") from e
-        chunks = [list(range(len(idx)))] if batch_transforms else [[k] for k in range(len(idx))]
+        # lossless layers predict from a float64 synthesis of their own, one image at a time
+        exact = [k for k in range(len(idx)) if parsed[idx[k]].layer(_res.LOSSLESS_KIND)]
+        for k in exact:
+            bs = parsed[idx[k]]
+            out[idx[k]] = _restore(bs, _lossless_planes(net, latents[k].to(dev), bs))
+        rest = [k for k in range(len(idx)) if k not in set(exact)]
+        chunks = [rest] if batch_transforms and rest else [[k] for k in rest]
         for chunk in chunks:
             y_hat = torch.cat([latents[k] for k in chunk]).to(dev)
             x = net.synthesize(y_hat, bf16=bf16)
             for k, xi in zip(chunk, x):
                 bs = parsed[idx[k]]
-                side = {
-                    layer.kind: (layer.data, layer.meta)
-                    for layer in bs.layers
-                    if layer.kind != "base"
-                }
-                out[idx[k]] = imageio.restore(_to_uint8(xi, h, w), bs.mode, side)
+                rgb = _to_uint8(xi, h, w)
+                hevc = bs.layer(_res.HEVC_KIND)
+                if hevc is not None:
+                    rgb = _res.hevc_apply(rgb, hevc.data, hevc.meta)
+                out[idx[k]] = _restore(bs, rgb)
     return out  # type: ignore[return-value]
+
+
+def _lossless_planes(net, y_hat: torch.Tensor, bs: container.Bitstream) -> np.ndarray:
+    """Exact RGB planes: robustly rounded float64 prediction plus the lossless residual."""
+    layer = bs.layer(_res.LOSSLESS_KIND)
+    planes = _res.lossless_planes(layer.meta)
+    v = _float64_pixels(net, y_hat, bs.height, bs.width, planes)
+    exact = _res.lossless_decode(v, layer.data, layer.meta)
+    return np.ascontiguousarray(np.repeat(exact, 3, axis=2)) if planes == 1 else exact
+
+
+_ENHANCEMENT_KINDS = ("base", _res.HEVC_KIND, _res.LOSSLESS_KIND)
+
+
+def _restore(bs: container.Bitstream, rgb: np.ndarray) -> Image.Image:
+    """Original mode from the decoded planes plus the side layers (alpha, palette)."""
+    side = {
+        layer.kind: (layer.data, layer.meta)
+        for layer in bs.layers
+        if layer.kind not in _ENHANCEMENT_KINDS
+    }
+    return imageio.restore(rgb, bs.mode, side)
 
 
 # -- inspection -------------------------------------------------------------------

@@ -53,6 +53,7 @@ __all__ = [
     "MAX_SIDE",
     "SideLayer",
     "PreparedImage",
+    "lossless_problem",
     "prepare",
     "restore",
     "to_numpy_rgb",
@@ -550,6 +551,27 @@ def _parse_palette_layer(data: bytes, meta: bytes) -> _PaletteInfo:
             f"palette side layer holds {len(data)} bytes, not a whole {fields['mode']} palette"
         )
     return _PaletteInfo(fields["mode"], bytes(data), transparency, used.astype(bool))
+
+
+def lossless_problem(prepared: PreparedImage) -> str | None:
+    """Why exact RGB planes would not restore ``prepared`` bit-exactly, or None if they would.
+
+    Restore maps colours to palette indices; two used entries with the same colour (RGBA for
+    P, RGB for PA, as restore matches them) cannot be told apart, so the index is lost.
+    """
+    palette = next((s for s in prepared.side_layers if s.kind == PALETTE), None)
+    if palette is None:
+        return None
+    info = _parse_palette_layer(palette.data, palette.meta)
+    used = _palette_table(info)[info.used]
+    keys = used[:, :3] if prepared.mode == "PA" else used
+    if len(np.unique(keys, axis=0)) < len(keys):
+        return (
+            f"this {prepared.mode} image uses palette entries with identical colours, so its "
+            "palette indices cannot be stored losslessly; merge the duplicate entries "
+            "(e.g. image.convert('RGB').quantize(...)) or store image.convert('RGBA')"
+        )
+    return None
 
 
 # --------------------------------------------------------------------------------------------

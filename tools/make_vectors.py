@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 import licstore  # noqa: E402
-from licstore import container  # noqa: E402
+from licstore import container, residual  # noqa: E402
 
 VECTORS = ROOT / "formats" / "vectors"
 
@@ -39,6 +39,29 @@ def synthetic_photo(h: int, w: int, seed: int) -> np.ndarray:
     return np.clip(img + rng.normal(0, 5, img.shape), 0, 255).astype(np.uint8)
 
 
+def rgba_photo(h: int, w: int, seed: int) -> Image.Image:
+    """A photo with a non-trivial alpha ramp (the alpha side layer is not constant)."""
+    rgb = synthetic_photo(h, w, seed)
+    alpha = (np.arange(w)[None, :] * 255 // max(w - 1, 1)).repeat(h, 0).astype(np.uint8)
+    return Image.fromarray(np.dstack([rgb, alpha]), "RGBA")
+
+
+def pixels_sha256(img) -> str:
+    return hashlib.sha256(np.asarray(img).tobytes()).hexdigest()
+
+
+def encode(img, model: str, kw: dict) -> bytes:
+    """licstore.encode; ``lossless_codecs`` restricts the residual codec (to cover each code)."""
+    kw = dict(kw)
+    codecs = kw.pop("lossless_codecs", None)
+    saved = residual.LOSSLESS_CANDIDATES
+    residual.LOSSLESS_CANDIDATES = tuple(codecs) if codecs else saved
+    try:
+        return licstore.encode(img, model=model, **kw)
+    finally:
+        residual.LOSSLESS_CANDIDATES = saved
+
+
 def digests(data: bytes) -> dict:
     bs = container.unpack(data)
     net = licstore.models.for_bitstream(bs.model, bs.weights_hash)
@@ -47,7 +70,7 @@ def digests(data: bytes) -> dict:
     return {
         "bitstream_sha256": hashlib.sha256(data).hexdigest(),
         "latents_sha256": hashlib.sha256(y.numpy().tobytes()).hexdigest(),
-        "pixels_sha256": hashlib.sha256(np.asarray(img).tobytes()).hexdigest(),
+        "pixels_sha256": pixels_sha256(img),
         "mode": img.mode,
         "size": list(img.size),
     }
@@ -78,6 +101,16 @@ def main() -> None:
         "p-q3": (Image.fromarray(photo).convert("P"), {"quality": 3}),
         "1x1-q1": (photo[:1, :1], {"quality": 1}),
         "odd-130x67-q6": (synthetic_photo(67, 130, 2), {"quality": 6}),
+        # enhancement layers (formats/licstore-v1.md, sections 13 and 14)
+        "rgb-hevc-q3": (photo, {"quality": 3, "residual": "hevc"}),
+        "rgb-hevc-bpp3": (photo, {"bpp": 3.0, "residual": "hevc"}),
+        "rgb-lossless": (photo, {"lossless": True}),
+        "rgb-lossless-png": (photo, {"lossless": True, "lossless_codecs": ["png"]}),
+        "rgb-lossless-webp": (photo, {"lossless": True, "lossless_codecs": ["webp"]}),
+        "rgba-lossless": (rgba_photo(48, 72, 3), {"lossless": True}),
+        "l-lossless": (Image.fromarray(photo).convert("L"), {"lossless": True, "quality": 2}),
+        "p-lossless": (Image.fromarray(photo).convert("P"), {"lossless": True}),
+        "odd-130x67-lossless": (synthetic_photo(67, 130, 2), {"lossless": True, "quality": 8}),
     }
     index_path = VECTORS / "index.json"
     index = json.loads(index_path.read_text()) if index_path.exists() else {}
@@ -85,9 +118,12 @@ def main() -> None:
         fname = f"{args.prefix}-{case}.lic"
         if fname in index:
             continue  # vectors are forever: never rewrite one
-        data = licstore.encode(img, model=model, **kw)
+        data = encode(img, model, kw)
         (VECTORS / fname).write_bytes(data)
         index[fname] = {"model": model, "encode": kw, **digests(data)}
+        if kw.get("lossless"):  # the decoded pixels must be the input's, on every machine
+            index[fname]["source_pixels_sha256"] = pixels_sha256(img)
+            assert index[fname]["source_pixels_sha256"] == index[fname]["pixels_sha256"]
         print(fname, len(data), "bytes")
     index_path.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
 

@@ -82,6 +82,8 @@ def rd_terms(out: dict, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def quick_kodak_eval(model, kodak: list[torch.Tensor], rates=(0.0, 3.5, 7.0)) -> list[dict]:
     """Estimated bpp (from likelihoods, with rounding) and PSNR on a few Kodak images."""
     model.eval()
+    if hasattr(model, "training_loss"):  # models without a rate term: real coded sizes
+        return _coded_kodak_eval(model, kodak)
     res = []
     for r in rates:
         bpps, psnrs = [], []
@@ -92,6 +94,24 @@ def quick_kodak_eval(model, kodak: list[torch.Tensor], rates=(0.0, 3.5, 7.0)) ->
             psnrs.append(float(10 * torch.log10(1 / mse)))
             bpps.append(float(bpp))
         res.append({"r": r, "bpp": float(np.mean(bpps)), "psnr": float(np.mean(psnrs))})
+    model.train()
+    return res
+
+
+@torch.no_grad()
+def _coded_kodak_eval(model, kodak: list[torch.Tensor]) -> list[dict]:
+    lo, hi = model.rate_range()
+    res = []
+    for rate in (lo, (lo + hi) // 2, hi):
+        bpps, psnrs = [], []
+        for x in kodak:
+            a = model.analyze(x)
+            n_bytes = len(model.encode_latents(a, 0, rate))
+            x_hat = model.synthesize(model.reconstruct_latents(a, 0, rate))
+            mse = (x_hat - x).pow(2).mean()
+            psnrs.append(float(10 * torch.log10(1 / mse)))
+            bpps.append(n_bytes * 8 / (x.shape[2] * x.shape[3]))
+        res.append({"r": rate, "bpp": float(np.mean(bpps)), "psnr": float(np.mean(psnrs))})
     model.train()
     return res
 
@@ -156,13 +176,14 @@ def main(argv=None) -> None:
     main_params = [p for n, p in model.named_parameters() if not n.endswith(".quantiles")]
     aux_params = [p for n, p in model.named_parameters() if n.endswith(".quantiles")]
     opt = torch.optim.Adam(main_params, lr=args.lr)
-    aux_opt = torch.optim.Adam(aux_params, lr=1e-3)
+    aux_opt = torch.optim.Adam(aux_params, lr=1e-3) if aux_params else None
     step, elapsed_before = 0, 0.0
     if args.resume and (out_dir / "last.pt").exists():
         ck = torch.load(out_dir / "last.pt", weights_only=True)
         model.load_state_dict(ck["model"], strict=False)
         opt.load_state_dict(ck["opt"])
-        aux_opt.load_state_dict(ck["aux_opt"])
+        if aux_opt is not None:
+            aux_opt.load_state_dict(ck["aux_opt"])
         step, elapsed_before = ck["step"], ck["elapsed"]
         rng.setstate(tuple(ck["rng"][0:1]) + (tuple(ck["rng"][1]),) + tuple(ck["rng"][2:]))
         print(f"resumed at step {step}, {elapsed_before / 3600:.2f} h", flush=True)
@@ -187,11 +208,13 @@ def main(argv=None) -> None:
     log({"event": "start", "args": logged, "step": step, "time": time.time()})
 
     budget = args.hours * 3600
-    lam_mean = float(
-        model.lambdas(torch.arange(model.levels, dtype=torch.float32)).log().mean().exp()
-    )
+    own_loss = hasattr(model, "training_loss")  # e.g. resgdn-vr: distortion over bit depths
+    if not own_loss:
+        levels = torch.arange(model.levels, dtype=torch.float32)
+        lam_mean = float(model.lambdas(levels).log().mean().exp())
     t0 = time.time()
     last_ckpt = last_eval = t0
+    skipped = 0
     acc = {"loss": 0.0, "bpp": 0.0, "psnr": 0.0, "n": 0}
     t_log = t0
     model.train()
@@ -201,7 +224,7 @@ def main(argv=None) -> None:
             {
                 "model": model.state_dict(),
                 "opt": opt.state_dict(),
-                "aux_opt": aux_opt.state_dict(),
+                "aux_opt": aux_opt.state_dict() if aux_opt is not None else {},
                 "step": step,
                 "elapsed": elapsed_before + time.time() - t0,
                 "rng": list(rng.getstate()),
@@ -223,26 +246,41 @@ def main(argv=None) -> None:
             g["lr"] = lr
 
         x = random_batch(photos, args.batch, args.crop, rng)
-        r = torch.rand(args.batch) * (model.levels - 1)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
-            out = model(x, r)
-        mse, bpp = rd_terms(out, x)
-        lam = model.lambdas(r)
-        weight = (lam / lam_mean) ** -args.lambda_balance
-        loss = (weight * (lam * 255**2 * mse + bpp)).mean()
+        if own_loss:
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
+                loss, stats = model.training_loss(x)
+            bpp, psnr = 0.0, stats["psnr"]
+        else:
+            r = torch.rand(args.batch) * (model.levels - 1)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
+                out = model(x, r)
+            mse, bpp = rd_terms(out, x)
+            lam = model.lambdas(r)
+            weight = (lam / lam_mean) ** -args.lambda_balance
+            loss = (weight * (lam * 255**2 * mse + bpp)).mean()
+            bpp = float(bpp.mean())
+            psnr = float((10 * torch.log10(1 / mse.clamp_min(1e-10))).mean())
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(main_params, 1.0)
+        grad_norm = torch.nn.utils.clip_grad_norm_(main_params, 1.0)
+        if not torch.isfinite(grad_norm):
+            # e.g. MS-SSIM's relu(cs) ** w has an infinite gradient at cs = 0: one such
+            # batch would turn every weight into NaN, so the step is dropped and counted
+            skipped += 1
+            log({"event": "skipped-step", "step": step, "loss": float(loss.detach())})
+            continue
         opt.step()
-        aux_opt.zero_grad(set_to_none=True)
-        aux = model.aux_loss()
-        aux.backward()
-        aux_opt.step()
+        aux = torch.zeros(())
+        if aux_opt is not None:
+            aux_opt.zero_grad(set_to_none=True)
+            aux = model.aux_loss()
+            aux.backward()
+            aux_opt.step()
         step += 1
 
-        acc["loss"] += float(loss)
-        acc["bpp"] += float(bpp.mean())
-        acc["psnr"] += float((10 * torch.log10(1 / mse.clamp_min(1e-10))).mean())
+        acc["loss"] += float(loss.detach())
+        acc["bpp"] += bpp
+        acc["psnr"] += psnr
         acc["n"] += 1
         if step % 100 == 0:
             n = acc.pop("n")
@@ -250,7 +288,8 @@ def main(argv=None) -> None:
             rec.update(
                 step=step,
                 lr=lr,
-                aux=float(aux),
+                aux=float(aux.detach()),
+                skipped=skipped,
                 hours=(elapsed_before + time.time() - t0) / 3600,
                 patches_per_s=n * args.batch / (time.time() - t_log),
             )

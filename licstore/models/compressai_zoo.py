@@ -171,5 +171,7 @@ class CompressAIZooModel(nn.Module):
         with torch.no_grad():
             return net.decompress(strings, shape)["x_hat"]
 
-    def synthesize(self, y_hat: torch.Tensor, bf16: bool = False) -> torch.Tensor:
-        return y_hat.float().clamp(0, 1)
+    def synthesize(
+        self, y_hat: torch.Tensor, bf16: bool = False, float64: bool = False
+    ) -> torch.Tensor:
+        return (y_hat.double() if float64 else y_hat.float()).clamp(0, 1)

@@ -12,6 +12,7 @@ be evaluated exactly in integer arithmetic at inference (see ``licstore.entropy`
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 
@@ -250,12 +251,29 @@ class MeanScaleHyperpriorVR(nn.Module):
         return self.y_coder.dequantize(y_sym, means, steps)
 
     @torch.no_grad()
-    def synthesize(self, y_hat: torch.Tensor, bf16: bool = False) -> torch.Tensor:
-        """Latents -> images in [0, 1]; bf16 autocast is the fast path (AMX)."""
+    def synthesize(
+        self, y_hat: torch.Tensor, bf16: bool = False, float64: bool = False
+    ) -> torch.Tensor:
+        """Latents -> images in [0, 1]; bf16 autocast is the fast path (AMX).
+
+        ``float64=True`` runs a float64 copy of ``g_s`` and returns float64: its output
+        differs between machines and thread counts by ~1e-13, which the lossless residual
+        layer's robust rounding tolerates (fp32 and bf16 differ by up to ~1e-3).
+        """
+        if float64:
+            return self._g_s_float64()(y_hat.double()).clamp_(0, 1)
         y_hat = y_hat.contiguous(memory_format=torch.channels_last)
         with torch.autocast(y_hat.device.type, dtype=torch.bfloat16, enabled=bf16):
             x = self.g_s(y_hat)
         return x.float().clamp_(0, 1)
+
+    def _g_s_float64(self) -> nn.Module:
+        """A float64 copy of ``g_s``, made once (kept out of the state dict and ``modules()``)."""
+        twin = self.__dict__.get("_g_s64")
+        if twin is None:
+            twin = copy.deepcopy(self.g_s).double().eval().requires_grad_(False)
+            self.__dict__["_g_s64"] = twin
+        return twin
 
 
 def float_h_s_from_exact(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
