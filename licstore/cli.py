@@ -7,6 +7,7 @@ Outputs are written to a temporary name and renamed, so no half-written file rem
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import tempfile
@@ -129,8 +130,31 @@ def cmd_models(args) -> int:
     import licstore
 
     default = licstore.models.DEFAULT_MODEL
+    if not args.stats:
+        for name in licstore.models.available():
+            print(f"{name}{'  (default)' if name == default else ''}")
+        return 0
+    from licstore.models import stats
+
+    try:
+        height, width = (int(v) for v in args.size.lower().split("x"))
+    except ValueError:
+        print(f"--size wants HEIGHTxWIDTH, got {args.size!r}", file=sys.stderr)
+        return 2
+    rows, shipped_archs = [], set()
     for name in licstore.models.available():
-        print(f"{name}{'  (default)' if name == default else ''}")
+        if name.startswith(licstore.models.compressai_zoo.PREFIX):
+            continue  # their weights may need a download: not loaded here
+        model = licstore.models.load(name)
+        shipped_archs.add(model.architecture)
+        s = stats.measure(model, height, width)
+        rows.append(dataclasses.replace(s, architecture=f"{name} ({model.architecture})"))
+    for arch in licstore.models.architectures():
+        if arch not in shipped_archs:
+            s = stats.measure_architecture(arch, height=height, width=width)
+            rows.append(dataclasses.replace(s, architecture=f"{arch} (no weights)"))
+    print(f"{height} x {width} pixels, one image")
+    print(stats.table(rows))
     return 0
 
 
@@ -293,6 +317,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_info)
 
     p = sub.add_parser("models", help="list available models")
+    p.add_argument(
+        "--stats",
+        action="store_true",
+        help="parameters and multiply-accumulates per transform, for every model",
+    )
+    p.add_argument("--size", default="512x768", help="HEIGHTxWIDTH for --stats (Kodak's)")
     p.set_defaults(func=cmd_models)
 
     p = sub.add_parser("eval", help="rate-distortion evaluation (see tools/eval_rd.py --help)")

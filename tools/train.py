@@ -258,8 +258,8 @@ def main(argv=None) -> None:
             lam = model.lambdas(r)
             weight = (lam / lam_mean) ** -args.lambda_balance
             loss = (weight * (lam * 255**2 * mse + bpp)).mean()
-            bpp = float(bpp.mean())
-            psnr = float((10 * torch.log10(1 / mse.clamp_min(1e-10))).mean())
+            bpp = float(bpp.detach().mean())
+            psnr = float((10 * torch.log10(1 / mse.detach().clamp_min(1e-10))).mean())
         opt.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(main_params, 1.0)

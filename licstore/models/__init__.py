@@ -16,7 +16,7 @@ from pathlib import Path
 import torch.nn as nn
 
 from ..errors import ModelNotFoundError, WeightsIntegrityError
-from . import compressai_zoo, mshp_vr, resgdn_vr  # noqa: F401  (they register architectures)
+from . import compressai_zoo, mshp_vr, resgdn_vr, resnet_subpixel  # noqa: F401  (registering)
 from .registry import MODEL_CLASSES, model_class, register_model
 from .weights import WEIGHTS_DIR, parse, read_manifest, read_verified, sha256_bytes
 

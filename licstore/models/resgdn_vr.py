@@ -120,7 +120,7 @@ class ResGDNVR(nn.Module):
         """Eq. 9: MSE and MS-SSIM summed over several bit depths in one step."""
         from pytorch_msssim import ms_ssim
 
-        y = self.g_a(x)
+        y = self.g_a(x).float()  # the quantizer in fp32: bf16 cannot hold 2**8 levels
         loss = x.new_zeros(())
         psnrs = []
         # 4 scales and a 7-pixel window: pytorch-msssim needs sides > 16 * (window - 1)
@@ -128,8 +128,13 @@ class ResGDNVR(nn.Module):
         weights = [w / sum(weights) for w in weights]
         for bits in TRAIN_BITS:
             x_hat = self.g_s(self.quantize_train(y, bits)).float()
-            mse = (x_hat - x).pow(2).mean()
-            msssim = ms_ssim(x_hat.clamp(0, 1), x, data_range=1.0, weights=weights, win_size=7)
+            # the metrics in fp32 even under bf16 autocast: in bf16, SSIM's stabilising
+            # constants vanish and MS-SSIM turns infinite within a few steps
+            with torch.autocast(x.device.type, enabled=False):
+                mse = (x_hat - x).pow(2).mean()
+                msssim = ms_ssim(
+                    x_hat.clamp(0, 1), x.float(), data_range=1.0, weights=weights, win_size=7
+                )
             loss = loss + 1000 * mse + (1 - msssim)
             psnrs.append(float(10 * torch.log10(1 / mse.detach().clamp_min(1e-10))))
         return loss / len(TRAIN_BITS), {"psnr": float(np.mean(psnrs))}

@@ -1,0 +1,100 @@
+"""tools/train.py and tools/export_weights.py on tiny models and a few synthetic photos.
+
+Every architecture must train, checkpoint, resume and export into a weights file the
+codec loads: that is how shipped models are made.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import licstore
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _tool(name: str):
+    spec = importlib.util.spec_from_file_location(f"_tool_{name}", ROOT / "tools" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("photos")
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        yy, xx = np.mgrid[0:176, 0:200]
+        img = np.stack([xx * 1.2, yy * 1.4, (xx + yy) * 0.6], -1) + rng.normal(0, 8, (176, 200, 3))
+        Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(d / f"p{i}.png")
+    return d
+
+
+def _events(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+
+
+CASES = [
+    ("mshp-vr", {"N": 8, "M": 12}, 64),
+    ("resnet-subpixel", {"N": 8, "M": 12}, 64),
+    ("resgdn-vr", {"N": 8, "M": 2}, 128),  # MS-SSIM's 4 scales need 128-pixel crops
+]
+
+
+@pytest.mark.parametrize(("arch", "kwargs", "crop"), CASES, ids=[c[0] for c in CASES])
+def test_train_resume_export_and_code(arch, kwargs, crop, photos, tmp_path, photo):
+    train, export = _tool("train"), _tool("export_weights")
+    run = tmp_path / "run"
+    common = [
+        "--arch", arch, "--arch-kwargs", json.dumps(kwargs), "--data", str(photos),
+        "--kodak", str(tmp_path / "no-kodak"), "--out", str(run), "--batch", "2",
+        "--crop", str(crop), "--warmup", "2", "--threads", "1",
+    ]  # fmt: skip
+    train.main([*common, "--hours", str(1.5 / 3600)])
+    first = torch.load(run / "last.pt", weights_only=True)
+    assert first["arch"] == arch and first["step"] > 0
+    events = _events(run)
+    assert events[0]["event"] == "start" and events[-1]["event"] == "end"
+
+    train.main([*common, "--hours", str(3 / 3600), "--resume"])
+    second = torch.load(run / "last.pt", weights_only=True)
+    assert second["step"] > first["step"]
+    assert second["elapsed"] >= 3.0
+    for ck in (first, second):
+        assert all(torch.isfinite(v).all() for v in ck["model"].values() if v.is_floating_point())
+
+    out = tmp_path / "weights"
+    export.main([str(run / "last.pt"), "--name", f"trained-{arch}", "--out-dir", str(out)])
+    (weights,) = out.glob(f"trained-{arch}-*.safetensors")
+    name = licstore.models.register_weights(weights)
+    data = licstore.encode(photo, quality=2, model=name)
+    assert np.asarray(licstore.decode(data)).shape == photo.shape
+
+
+def test_init_from_shipped_weights(photos, tmp_path):
+    """Continuing the default model from its safetensors (fresh optimizer), as the card says."""
+    from licstore.models.weights import WEIGHTS_DIR, read_manifest
+
+    entry = read_manifest()["models"]["mshp-vr"]
+    shipped = WEIGHTS_DIR / next(
+        v["file"] for v in entry["versions"] if v["sha256"] == entry["default"]
+    )
+    train = _tool("train")
+    run = tmp_path / "run"
+    train.main([
+        "--init-from", str(shipped), "--data", str(photos), "--kodak", str(tmp_path / "none"),
+        "--out", str(run), "--batch", "1", "--crop", "64", "--hours", str(2 / 3600),
+        "--threads", "1", "--lr", "1e-6",
+    ])  # fmt: skip
+    ck = torch.load(run / "last.pt", weights_only=True)
+    shipped_g_s = licstore.models.weights.load_float_state(shipped)["g_s.0.weight"]
+    # a tiny learning rate: the trained weights are still the shipped ones, to fp16 rounding
+    assert torch.allclose(ck["model"]["g_s.0.weight"], shipped_g_s.float(), atol=1e-3)
