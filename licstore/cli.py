@@ -67,7 +67,7 @@ def cmd_compress(args) -> int:
         try:
             data = licstore.encode(
                 str(src),
-                model=args.model,
+                model=_models(args.model),
                 residual=args.residual,
                 lossless=args.lossless,
                 **_rate_kwargs(args),
@@ -220,6 +220,13 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def _models(spec: str | None) -> str | list[str] | None:
+    """``--model a,b``: keep the better of the two models' bitstreams per image."""
+    if spec and "," in spec:
+        return [m.strip() for m in spec.split(",") if m.strip()]
+    return spec
+
+
 def cmd_compress_parquet(args) -> int:
     """A Parquet dataset -> its LIC-compressed copy, on a Dask cluster (``licstore.dask``)."""
     import licstore
@@ -283,7 +290,10 @@ def build_parser() -> argparse.ArgumentParser:
         g.add_argument("--bpp", type=float, help="target bits per pixel (per image)")
         g.add_argument("--quality", type=int, help="quality level 1..8")
         g.add_argument("--psnr", type=float, help="target PSNR in dB")
-        p.add_argument("--model", help="model name (see `licstore models`)")
+        p.add_argument(
+            "--model",
+            help="model name (see `licstore models`); A,B: per image the better of the two",
+        )
 
     p = sub.add_parser("compress", help="images -> .lic files")
     p.add_argument("inputs", nargs="+", help="image files or folders")

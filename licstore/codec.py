@@ -98,7 +98,7 @@ def encode(
     bpp: float | None = None,
     quality: int | None = None,
     psnr: float | None = None,
-    model: str | None = None,
+    model: str | Sequence[str] | None = None,
     device: str | None = None,
     residual: str | None = None,
     lossless: bool = False,
@@ -116,6 +116,9 @@ def encode(
     ``RESIDUAL_HEVC_QUALITY``. ``lossless=True`` adds an exact residual: the decoded image
     equals the input bit for bit on any machine; the rate target then only picks the base
     layer (default ``quality=LOSSLESS_BASE_QUALITY``).
+
+    ``model``: a registry name (default: the shipped default model), or several names to
+    keep the best of their bitstreams for a ``bpp``/``psnr`` target (see ``encode_batch``).
     """
     return encode_batch(
         [image],
@@ -135,7 +138,7 @@ def encode_batch(
     bpp: float | None = None,
     quality: int | None = None,
     psnr: float | None = None,
-    model: str | None = None,
+    model: str | Sequence[str] | None = None,
     device: str | None = None,
     batch_transforms: bool = False,
     residual: str | None = None,
@@ -149,8 +152,26 @@ def encode_batch(
     the network (faster, above all on GPU); its bitstreams decode the same everywhere
     but may differ from one-by-one bytes in a few latent symbols. ``residual`` and
     ``lossless`` as in ``encode``.
+
+    ``model`` may name several models: each image is coded with each and the best
+    bitstream kept (highest PSNR within a ``bpp`` budget, smallest for ``psnr`` or
+    ``lossless``): seed 001's rate control by model switching (``licstore.model_switch``).
     """
     _check_enhancement(residual, lossless)
+    if model is not None and not isinstance(model, str):
+        from .model_switch import encode_batch_choosing
+
+        return encode_batch_choosing(
+            list(images),
+            model,
+            bpp=bpp,
+            quality=quality,
+            psnr=psnr,
+            device=device,
+            batch_transforms=batch_transforms,
+            residual=residual,
+            lossless=lossless,
+        )
     if lossless and bpp is None and quality is None and psnr is None:
         quality = LOSSLESS_BASE_QUALITY
     target = RateTarget.from_kwargs(bpp, quality, psnr)
