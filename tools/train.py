@@ -126,7 +126,7 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("--arch", default="mshp-vr")
+    ap.add_argument("--arch", "--model", dest="arch", default="mshp-vr")
     ap.add_argument("--arch-kwargs", default="{}", help="JSON kwargs for the architecture")
     ap.add_argument("--data", default=str(ROOT.parent / "shared/data/train"))
     ap.add_argument("--kodak", default=str(ROOT.parent / "shared/data/kodak"))
@@ -157,6 +157,15 @@ def main(argv=None) -> None:
         default=0.0,
         help="weight each sample's loss by (lambda / geometric mean lambda) ** -P, so the "
         "high-lambda samples (large MSE gradients) do not drown the low-rate end",
+    )
+    ap.add_argument(
+        "--fenm-weight", type=float, default=1.0, help="weight of a model's fenm_loss (ibfe)"
+    )
+    ap.add_argument(
+        "--fenm-fraction",
+        type=float,
+        default=0.3,
+        help="fenm_loss is added during this first fraction of the time budget, then 0",
     )
     args = ap.parse_args(argv)
 
@@ -258,6 +267,8 @@ def main(argv=None) -> None:
             lam = model.lambdas(r)
             weight = (lam / lam_mean) ** -args.lambda_balance
             loss = (weight * (lam * 255**2 * mse + bpp)).mean()
+            if "fenm_loss" in out and frac < args.fenm_fraction:
+                loss = loss + args.fenm_weight * out["fenm_loss"]
             bpp = float(bpp.detach().mean())
             psnr = float((10 * torch.log10(1 / mse.detach().clamp_min(1e-10))).mean())
         opt.zero_grad(set_to_none=True)

@@ -16,7 +16,13 @@ from pathlib import Path
 import torch.nn as nn
 
 from ..errors import ModelNotFoundError, WeightsIntegrityError
-from . import compressai_zoo, mshp_vr, resgdn_vr, resnet_subpixel  # noqa: F401  (registering)
+from . import (  # noqa: F401  (the architecture modules register themselves)
+    compressai_zoo,
+    ibfe,
+    mshp_vr,
+    resgdn_vr,
+    resnet_subpixel,
+)
 from .registry import MODEL_CLASSES, model_class, register_model
 from .weights import WEIGHTS_DIR, parse, read_manifest, read_verified, sha256_bytes
 
