@@ -145,7 +145,11 @@ def cmd_models(args) -> int:
     for name in licstore.models.available():
         if name.startswith(licstore.models.compressai_zoo.PREFIX):
             continue  # their weights may need a download: not loaded here
-        model = licstore.models.load(name)
+        try:
+            model = licstore.models.load(name)
+        except LICError as e:  # a damaged or missing registered file: report, go on
+            print(f"skipped {name}: {e}", file=sys.stderr)
+            continue
         shipped_archs.add(model.architecture)
         s = stats.measure(model, height, width)
         rows.append(dataclasses.replace(s, architecture=f"{name} ({model.architecture})"))

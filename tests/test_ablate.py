@@ -43,6 +43,7 @@ def test_two_configurations_end_to_end(tmp_path):
     assert {"licstore:ablate-a", "licstore:ablate-b"} <= set(result["codecs"])
     md = (out / "ablation.md").read_text()
     assert "| a | mshp-vr |" in md and "| b | resnet-subpixel |" in md and "anchor" in md
+
     # a rerun finds both runs finished and exported: no training, no export
     def stamps():
         files = [out / n / "last.pt" for n in "ab"] + sorted(out.glob("*/weights/*"))

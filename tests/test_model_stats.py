@@ -50,8 +50,17 @@ def test_resgdn_counts_scale_with_width():
     assert big.decode_macs > 3 * small.decode_macs
 
 
-def test_cli_models_stats(capsys):
+def test_cli_models_stats(capsys, tmp_path):
+    import licstore
+
+    broken = tmp_path / "broken.safetensors"
+    from conftest import make_tiny_weights
+
+    make_tiny_weights(broken, "tiny-broken")
+    licstore.models.register_weights(broken)
+    broken.write_bytes(broken.read_bytes()[:-1] + b"!")  # damaged after registration
     assert cli.main(["models", "--stats", "--size", "64x64"]) == 0
-    out = capsys.readouterr().out
-    assert "| mshp-vr (mshp-vr) |" in out and "resgdn-vr" in out
+    captured = capsys.readouterr()
+    assert "| mshp-vr (mshp-vr) |" in captured.out and "resgdn-vr" in captured.out
+    assert "skipped tiny-broken" in captured.err and "tiny-broken" not in captured.out
     assert cli.main(["models", "--stats", "--size", "big"]) == 2
