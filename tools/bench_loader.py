@@ -208,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
             ["python tools/bench_loader.py", *(argv if argv is not None else sys.argv[1:])]
         ),
         "images": len(files),
-        "source": str(args.images),
+        "source": os.path.relpath(args.images, ROOT),
         "model": args.model,
         "lic_bpp_target": args.bpp,
         "batch_size": args.batch_size,
