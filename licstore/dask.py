@@ -71,6 +71,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import column_codec, container, errors
+from .atomic import atomic_write, temporary_glob
 from .errors import CorruptBitstreamError, LICError, UnsupportedImageError
 from .features import STORAGE_TYPE, LICImage, _rows_of
 from .parquet import DEFAULT_ROW_GROUP_SIZE, _column_options, _schema
@@ -774,10 +775,8 @@ def _run_shard(shard: _Shard, job: _Job) -> dict:
 
     fs, root = _fs(job.dst, job.storage_options)
     path = f"{root.rstrip('/')}/{shard.name}"
-    parent, _, base = path.rpartition("/")
-    fs.makedirs(parent, exist_ok=True)
-    tmp = f"{parent}/.{base}.{uuid.uuid4().hex[:12]}.tmp"
-    try:
+    fs.makedirs(path.rpartition("/")[0], exist_ok=True)
+    with atomic_write(fs, path) as tmp:
         with fs.open(tmp, "wb") as f, pq.ParquetWriter(f, schema, **pq_kwargs) as writer:
             for table, first in pieces:
                 raw = _image_rows(table.column(column), first)
@@ -790,15 +789,9 @@ def _run_shard(shard: _Shard, job: _Job) -> dict:
                 table = table.set_column(index, schema.field(column), array)
                 writer.write_table(table.cast(schema), row_group_size=job.row_group_size)
         if failures and job.on_error == "raise":
-            fs.rm(tmp)
+            fs.rm(tmp)  # nothing is published: the shard stays unwritten for a rerun
             return {"name": shard.name, "failures": failures, "stats": dataclasses.asdict(stats)}
         digest, size = _sha256(fs, tmp)
-        fs.mv(tmp, path)
-    except BaseException:
-        with contextlib.suppress(Exception):  # cleanup must not hide the original error
-            if fs.exists(tmp):
-                fs.rm(tmp)
-        raise
     return {
         "name": shard.name,
         "rows": stats.rows,
@@ -888,11 +881,9 @@ class _Manifest:
             "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "shards": dict(sorted(self.shards.items())),
         }
-        parent, _, base = self.path.rpartition("/")
-        self.fs.makedirs(parent, exist_ok=True)
-        tmp = f"{parent}/.{base}.{uuid.uuid4().hex[:12]}.tmp"
-        self.fs.pipe_file(tmp, json.dumps(data, indent=1).encode())
-        self.fs.mv(tmp, self.path)
+        self.fs.makedirs(self.path.rpartition("/")[0], exist_ok=True)
+        with atomic_write(self.fs, self.path) as tmp:
+            self.fs.pipe_file(tmp, json.dumps(data, indent=1).encode())
         self._written = time.monotonic()
 
 
@@ -1159,9 +1150,8 @@ def _cleanup_temporaries(job: _Job, names: Sequence[str]) -> None:
     """Temporary files a killed worker left behind (every task of the job has finished)."""
     fs, root = _fs(job.dst, job.storage_options)
     for name in names:
-        parent, _, base = f"{root.rstrip('/')}/{name}".rpartition("/")
         with contextlib.suppress(OSError):
-            for stale in fs.glob(f"{parent}/.{base}.*.tmp"):
+            for stale in fs.glob(temporary_glob(f"{root.rstrip('/')}/{name}")):
                 fs.rm(stale)
 
 

@@ -61,7 +61,6 @@ from __future__ import annotations
 
 import io
 import posixpath
-import uuid
 from typing import Any, ClassVar
 
 from fsspec import filesystem
@@ -69,6 +68,7 @@ from fsspec.implementations.chained import ChainedFileSystem
 from fsspec.spec import AbstractFileSystem
 from fsspec.utils import stringify_path
 
+from licstore.atomic import temporary_name
 from licstore.container import MAGIC
 from licstore.errors import LICError
 from licstore.ratecontrol import RateTarget
@@ -368,11 +368,6 @@ class LICFileSystem(ChainedFileSystem):
         except LICError as exc:
             raise _with_url(exc, self.unstrip_protocol(path)) from exc
 
-    def _temporary_name(self, path: str) -> str:
-        head, _, tail = path.rpartition("/")
-        name = f".{tail}.{uuid.uuid4().hex[:12]}.lic-tmp"
-        return f"{head}/{name}" if head or path.startswith("/") else name
-
     def _remove_quietly(self, path: str) -> None:
         try:
             self.fs.rm_file(path)
@@ -389,7 +384,7 @@ class LICFileSystem(ChainedFileSystem):
     ) -> str | None:
         """Encode, write to a temporary name, move into place; return the name if uncommitted."""
         stored = self._bitstream(path, bytes(data), options)
-        tmp = self._temporary_name(path)
+        tmp = temporary_name(path, suffix=".lic-tmp")
         try:
             with self.fs.open(tmp, "wb", **target_kwargs) as f:
                 f.write(stored)

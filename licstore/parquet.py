@@ -12,10 +12,8 @@ the row groups that hold them.
 from __future__ import annotations
 
 import bisect
-import contextlib
 import json
 import os
-import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -26,6 +24,7 @@ from PIL import Image
 
 from . import column_codec
 from .arrow import Output, _as_output, _bitstreams_of, _check_output, _compress, _decode_at
+from .atomic import atomic_write
 from .features import STORAGE_TYPE, LICImage
 
 __all__ = ["DEFAULT_ROW_GROUP_SIZE", "read_images", "read_table", "write_table"]
@@ -78,14 +77,12 @@ def write_table(
         pq_kwargs.update(_column_options(schema, image_columns))
 
     fs, path = _filesystem(where, filesystem, storage_options)
-    parent, sep, name = path.rstrip("/").rpartition("/")
+    parent, _, name = path.rstrip("/").rpartition("/")
     if not name:
         raise ValueError(f"not a file path: {where!r}")
     if parent and not fs.exists(parent):
         fs.makedirs(parent, exist_ok=True)
-    # same folder (so the rename stays on one filesystem), hidden from globs like *.parquet
-    tmp = f"{parent}{sep}.{name}.{uuid.uuid4().hex[:12]}.tmp"
-    try:
+    with atomic_write(fs, path) as tmp:
         with fs.open(tmp, "wb") as f, pq.ParquetWriter(f, schema, **pq_kwargs) as writer:
             for start in range(0, table.num_rows, row_group_size):
                 piece = table.slice(start, row_group_size)
@@ -102,12 +99,6 @@ def write_table(
                     index = piece.schema.get_field_index(column)
                     piece = piece.set_column(index, schema.field(column), array)
                 writer.write_table(piece.cast(schema), row_group_size=row_group_size)
-        fs.mv(tmp, path)
-    except BaseException:
-        with contextlib.suppress(Exception):  # cleanup must not hide the original error
-            if fs.exists(tmp):
-                fs.rm(tmp)
-        raise
     return path
 
 

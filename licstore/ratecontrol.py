@@ -80,28 +80,37 @@ def largest_rate_within(
 ) -> tuple[int, bool]:
     """Largest rate whose increasing ``size(rate)`` is <= ``budget``.
 
-    Regula falsi on log size (sizes grow roughly exponentially with the rate), with
-    bisection as a safeguard. Returns (rate, ok); ok is False when even ``lo`` is over.
+    Regula falsi on log size (sizes grow roughly exponentially with the rate) in its
+    Illinois form: when the same end of the bracket survives twice, its weight is halved, so
+    the bracket closes from both sides instead of creeping in from one. It stops at the first
+    size within a third of the tolerance below the budget. Returns (rate, ok); ok is False
+    when even ``lo`` is over.
     """
     s_lo, s_hi = size(lo), size(hi)
     if s_hi <= budget:
         return hi, True
     if s_lo > budget:
         return lo, False
-    evals = 2
     log_b = math.log(budget)
+    f_lo = math.log(max(s_lo, 1e-9)) - log_b  # <= 0
+    f_hi = math.log(max(s_hi, 1e-9)) - log_b  # > 0
+    evals, moved = 2, 0  # moved: which end the last step replaced (-1 lo, +1 hi)
     while hi - lo > 1 and evals < max_evals:
-        a, b = math.log(max(s_lo, 1e-9)), math.log(max(s_hi, 1e-9))
-        guess = lo + (hi - lo) * (log_b - a) / (b - a) if b > a else (lo + hi) / 2
-        mid = int(min(max(guess, lo + 1), hi - 1))
-        if evals % 3 == 2:  # every third step bisects, so the bracket always shrinks
-            mid = (lo + hi) // 2
+        guess = lo + (hi - lo) * -f_lo / (f_hi - f_lo) if f_hi > f_lo else (lo + hi) / 2
+        mid = int(min(max(round(guess), lo + 1), hi - 1))
         s = size(mid)
         evals += 1
+        f = math.log(max(s, 1e-9)) - log_b
         if s <= budget:
-            lo, s_lo = mid, s
+            lo, f_lo = mid, f
             if s >= budget * (1 - BPP_TOLERANCE / 3):
                 break
+            if moved == -1:
+                f_hi /= 2
+            moved = -1
         else:
-            hi, s_hi = mid, s
+            hi, f_hi = mid, f
+            if moved == 1:
+                f_lo /= 2
+            moved = 1
     return lo, True

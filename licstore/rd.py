@@ -71,6 +71,8 @@ class Codec:
     qualities: tuple[int, ...]
     label: str = ""
     check: Callable[[], None] = field(default=lambda: None)
+    #: extra per-image numbers read off a bitstream (e.g. the residual layer's share)
+    describe: Callable[[bytes], dict[str, float]] | None = None
 
 
 # --------------------------------------------------------------------------- classical codecs
@@ -229,30 +231,72 @@ def _to_rgb(decoded: Any) -> Image.Image:
     return Image.fromarray(arr).convert("RGB")
 
 
-def licstore_codec(model: str) -> Codec:
-    """Adapter for a licstore model: quality levels 1..8 through the public API."""
+def _residual_share(data: bytes) -> dict[str, float]:
+    """Fraction of the bitstream's bytes in the HEVC enhancement layer (0 without one)."""
+    import licstore
+    from licstore.residual import HEVC_KIND
+
+    meta = licstore.info(data)
+    residual = sum(layer.bytes for layer in meta.layers if layer.kind == HEVC_KIND)
+    return {"residual_share": residual / meta.total_bytes}
+
+
+#: ``licstore:MODEL@bpp`` sweeps: targets in hundredths of a bpp (0.25 .. 2.0 bpp)
+LICSTORE_BPP_TARGETS = (25, 50, 75, 100, 150, 200)
+
+
+def licstore_codec(model: str, residual: str | None = None, by_bpp: bool = False) -> Codec:
+    """Adapter for a licstore model through the public API: quality levels 1..8, or with
+    ``by_bpp`` (codec ``licstore:MODEL@bpp``) ``bpp=`` targets given in hundredths.
+
+    With ``residual="hevc"`` (``licstore:MODEL+hevc``) every bitstream may carry the HEVC
+    enhancement layer and every point records the layer's share of the bytes. By quality the
+    residual is added at a fixed HEVC quality; by bpp the encoder searches the base/residual
+    split for each target, which is the curve the layer really offers.
+    """
 
     def encode(img: Image.Image, quality: int) -> bytes:
         import licstore
 
-        return bytes(licstore.encode(img, quality=quality, model=model))
+        target = {"bpp": quality / 100} if by_bpp else {"quality": quality}
+        return bytes(licstore.encode(img, model=model, residual=residual, **target))
 
     def decode(data: bytes) -> Image.Image:
         import licstore
 
         return _to_rgb(licstore.decode(data))
 
-    name = f"licstore:{model}"
-    return Codec(name, encode, decode, LICSTORE_QUALITIES, f"licstore {model}", _licstore_check)
+    name = f"licstore:{model}" + (f"+{residual}" if residual else "") + ("@bpp" if by_bpp else "")
+    label = f"licstore {model}" + (f" + {residual} residual" if residual else "")
+    return Codec(
+        name, encode, decode, LICSTORE_BPP_TARGETS if by_bpp else LICSTORE_QUALITIES,
+        label + (" (bpp targets)" if by_bpp else ""), _licstore_check,
+        describe=_residual_share if residual else None,
+    )  # fmt: skip
 
 
 def get_codec(name: str) -> Codec:
-    """Resolve a codec name: a key of :data:`CODECS` or ``licstore:<model>``."""
+    """Resolve a codec name: a key of :data:`CODECS` or ``licstore:<model>[+hevc][@bpp]``
+    (``+hevc``: with the residual enhancement layer; ``@bpp``: sweep bpp targets)."""
     if name in CODECS:
         return CODECS[name]
     if name.startswith("licstore:") and len(name) > len("licstore:"):
-        return licstore_codec(name.split(":", 1)[1])
-    raise ValueError(f"unknown codec {name!r}; known: {sorted(CODECS)} or licstore:<model>")
+        spec = name.split(":", 1)[1]
+        by_bpp = spec.endswith("@bpp")
+        model, plus, residual = spec.removesuffix("@bpp").partition("+")
+        if plus:
+            from .codec import RESIDUALS
+
+            if residual not in RESIDUALS or not model:
+                raise ValueError(
+                    f"unknown codec {name!r}: after '+' comes a residual layer, one of {RESIDUALS}"
+                )
+        if not model or "@" in model:
+            raise ValueError(f"unknown codec {name!r}: expected licstore:<model>[+hevc][@bpp]")
+        return licstore_codec(model, residual or None, by_bpp)
+    raise ValueError(
+        f"unknown codec {name!r}; known: {sorted(CODECS)} or licstore:<model>[+hevc][@bpp]"
+    )
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -308,6 +352,7 @@ def _run_one(codec: Codec, name: str, img: Image.Image, quality: int, do_msssim:
         "ms_ssim": ms_ssim(ref, out) if do_msssim else float("nan"),
         "enc_s": t1 - t0,
         "dec_s": t2 - t1,
+        **(codec.describe(data) if codec.describe else {}),
     }
 
 
@@ -318,8 +363,9 @@ def _mean(values: Sequence[float]) -> float:
 
 def _aggregate(quality: int, per_image: list[dict]) -> dict:
     point: dict[str, Any] = {"quality": quality}
-    for key in ("bpp", "psnr", "ms_ssim", "enc_s", "dec_s"):
-        point[key] = _mean([r[key] for r in per_image])
+    for key in ("bpp", "psnr", "ms_ssim", "enc_s", "dec_s", "residual_share"):
+        if key in per_image[0]:
+            point[key] = _mean([r[key] for r in per_image])
     point["per_image"] = per_image
     return point
 
@@ -413,6 +459,7 @@ def _evaluate_codec(
             f"{codec.name:>16s} q={q:<3d} {point['bpp']:7.4f} bpp  {point['psnr']:6.2f} dB"
             f"  ms-ssim {point['ms_ssim']:.4f}  enc {point['enc_s']:.3f}s"
             f"  dec {point['dec_s']:.3f}s"
+            + (f"  residual {point['residual_share']:.1%}" if "residual_share" in point else "")
         )
         points.append(point)
     return {"label": codec.label or codec.name, "points": points}
@@ -528,7 +575,31 @@ def format_bd_markdown(
     ]
     if notes:
         lines += ["", "Notes:"] + notes
+    lines += _residual_share_markdown(result)
     return "\n".join(lines) + "\n"
+
+
+def _residual_share_markdown(result: Mapping) -> list[str]:
+    """Per point of each codec with an enhancement layer: bpp, PSNR and the layer's share."""
+    lines: list[str] = []
+    for name, entry in result["codecs"].items():
+        pts = [p for p in entry["points"] if "residual_share" in p]
+        if not pts:
+            continue
+        by_bpp = name.endswith("@bpp")
+        lines += [
+            "",
+            f"{name}: share of the bytes in the residual layer (mean over images)",
+            "",
+            f"| {'target bpp' if by_bpp else 'quality'} | bpp | PSNR (dB) | residual share |",
+            "|---:|---:|---:|---:|",
+        ]
+        lines += [
+            f"| {p['quality'] / 100 if by_bpp else p['quality']:g} | {p['bpp']:.3f} "
+            f"| {p['psnr']:.2f} | {p['residual_share']:.1%} |"
+            for p in pts
+        ]
+    return lines
 
 
 # --------------------------------------------------------------------------- plot & I/O

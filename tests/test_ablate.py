@@ -43,6 +43,8 @@ def test_two_configurations_end_to_end(tmp_path):
     assert {"licstore:ablate-a", "licstore:ablate-b"} <= set(result["codecs"])
     md = (out / "ablation.md").read_text()
     assert "| a | mshp-vr |" in md and "| b | resnet-subpixel |" in md and "anchor" in md
+    for point in result["codecs"]["licstore:ablate-b"]["points"]:  # the per-level table
+        assert f"{point['bpp']:.3f} / {point['psnr']:.2f} dB" in md
 
     # a rerun finds both runs finished and exported: no training, no export
     def stamps():

@@ -41,3 +41,44 @@ def test_default_target_and_validation():
     assert RateTarget.from_kwargs() == RateTarget(quality=4)
     with pytest.raises(RateTargetError, match="at most one"):
         RateTarget.from_kwargs(bpp=0.2, psnr=30)
+
+
+def test_size_estimates_match_the_coder(tiny_model, photo):
+    """The rate search's size estimate is the rANS coder's own cost: within a few bytes of
+    the real payload, escaped (out-of-table) symbols included."""
+    import numpy as np
+    import torch
+
+    from licstore import models
+
+    net = models.load(tiny_model)
+    x = torch.zeros(1, 3, 128, 128)
+    x[..., :80, :96] = torch.from_numpy(photo).permute(2, 0, 1).float() / 255
+    x[..., 64:, 64:] = torch.rand(1, 3, 64, 64)  # noise: large symbols, some escaped
+    analyzed = net.analyze(x)
+    lo, hi = net.rate_range()
+    for rate in np.linspace(lo, hi, 5).astype(int):
+        real = len(net.encode_latents(analyzed, 0, int(rate)))
+        assert abs(net.estimate_bytes(analyzed, 0, int(rate)) - real) <= 8, rate
+
+
+def test_size_estimates_count_escaped_symbols():
+    import numpy as np
+    import torch
+
+    from licstore.entropy import GaussianCoder
+
+    class Conditional:  # two tiny tables: symbols -1..1 (value 3 is the escape)
+        _quantized_cdf = torch.tensor([[0, 16384, 32768, 49152, 65536]] * 2)
+        _cdf_length = torch.tensor([5, 5])
+        _offset = torch.tensor([-1, -1])
+        scale_table = torch.tensor([0.5, 1.0])
+
+    coder = GaussianCoder(Conditional())
+    idx = np.zeros((1, 1, 1, 3), dtype=np.int32)
+    plain = coder.estimate_bits(np.array([[[[-1, 0, 1]]]]), idx)
+    assert plain == 6.0  # three symbols of probability 1/4
+    # 5 is folded to 2 * (6 - 3) = 6: one 4-bit chunk, its count (4 bits), the escape symbol
+    assert coder.estimate_bits(np.array([[[[-1, 0, 5]]]]), idx) == 4 + 4 + 2 + 4
+    encoded = coder.encode(np.array([[[[-1, 0, 5]]]]), idx)
+    assert (coder.decode(encoded, idx) == [[[[-1, 0, 5]]]]).all()

@@ -58,6 +58,22 @@ def test_training_loss_sums_over_bit_depths():
     assert all(p.grad is not None for p in model.g_a.parameters())
 
 
+@pytest.mark.parametrize("bits", [(8,), (2, 4, 6, 8)])
+def test_train_bits_choose_the_rates_of_the_loss(bits):
+    """One bit depth trains the fixed-rate baseline of the paper's variable-rate claim."""
+    model = ResGDNVR(N=8, M=2, train_bits=list(bits))
+    seen = []
+    model.quantize_train = lambda y, b: (seen.append(b), y)[1]
+    model.training_loss(torch.rand(1, 3, 128, 128))
+    assert tuple(seen) == bits
+
+
+@pytest.mark.parametrize("bits", [(), (1,), (2, 9)])
+def test_train_bits_outside_the_quantizer_range_are_refused(bits):
+    with pytest.raises(ValueError, match="train_bits"):
+        ResGDNVR(N=8, M=2, train_bits=bits)
+
+
 def test_codec_round_trip_every_bit_depth(tiny_resgdn, photo):
     sizes = []
     for quality in range(1, 8):

@@ -374,3 +374,50 @@ def test_eval_residual_tool_runs(tmp_path, tiny_model, photo):
     assert split["searched"]["psnr"] >= split["fixed"]["psnr"]
     assert result["summary"]["lossless"]["licstore"]["exact"] == 1
     assert "python tools/eval_residual.py" in out.with_suffix(".md").read_text()
+
+
+def test_rd_evaluation_of_a_model_with_its_residual_layer(tiny_model, photo):
+    from licstore import rd
+
+    img = Image.fromarray(photo)
+    result = rd.evaluate(
+        [("photo", img)],
+        [f"licstore:{tiny_model}", f"licstore:{tiny_model}+hevc"],
+        {f"licstore:{tiny_model}": [2], f"licstore:{tiny_model}+hevc": [2]},
+        compute_ms_ssim=False,
+        log=None,
+    )
+    plain = result["codecs"][f"licstore:{tiny_model}"]["points"][0]
+    layered = result["codecs"][f"licstore:{tiny_model}+hevc"]["points"][0]
+    data = licstore.encode(img, quality=2, model=tiny_model, residual="hevc")
+    hevc = container.unpack(data).layer(residual.HEVC_KIND)
+    assert layered["residual_share"] == pytest.approx((len(hevc.data) + len(hevc.meta)) / len(data))
+    assert 0 < layered["residual_share"] < 1 and "residual_share" not in plain
+    assert layered["bpp"] > plain["bpp"] and layered["psnr"] > plain["psnr"]
+    table = rd.format_bd_markdown(result, anchors=(f"licstore:{tiny_model}",))
+    assert f"{layered['residual_share']:.1%}" in table
+
+
+def test_rd_evaluation_by_bpp_targets(tiny_model, photo):
+    from licstore import rd
+
+    name = f"licstore:{tiny_model}+hevc@bpp"
+    result = rd.evaluate(
+        [("photo", Image.fromarray(photo))], [name], {name: [100, 200]},
+        compute_ms_ssim=False, log=None,
+    )  # fmt: skip
+    points = result["codecs"][name]["points"]
+    for point, target in zip(points, (1.0, 2.0), strict=True):
+        assert point["bpp"] <= target * 1.03 and 0 <= point["residual_share"] < 1
+    assert points[0]["psnr"] < points[1]["psnr"]
+    assert "| 2 | " in rd.format_bd_markdown(result, anchors=(name,))  # target bpp column
+
+
+@pytest.mark.parametrize(
+    "name", ["licstore:+hevc", "licstore:mshp-vr+jpeg", "licstore:@bpp", "licstore:a@b+hevc"]
+)
+def test_rd_residual_codec_names_are_checked(name):
+    from licstore import rd
+
+    with pytest.raises(ValueError, match="unknown codec"):
+        rd.get_codec(name)

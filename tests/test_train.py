@@ -98,3 +98,12 @@ def test_init_from_shipped_weights(photos, tmp_path):
     shipped_g_s = licstore.models.weights.load_float_state(shipped)["g_s.0.weight"]
     # a tiny learning rate: the trained weights are still the shipped ones, to fp16 rounding
     assert torch.allclose(ck["model"]["g_s.0.weight"], shipped_g_s.float(), atol=1e-3)
+
+
+def test_outlier_steps_are_recognised():
+    train = _tool("train")
+    recent = [1.0 + 0.01 * i for i in range(50)]
+    assert train.is_outlier(float("inf"), [], 0.0) and train.is_outlier(float("nan"), recent, 10)
+    assert train.is_outlier(30.0, recent, 10.0) and not train.is_outlier(5.0, recent, 10.0)
+    assert not train.is_outlier(1e30, recent, 0.0)  # factor 0: only non-finite losses
+    assert not train.is_outlier(1e30, recent[:5], 10.0)  # too few steps for a median yet

@@ -170,6 +170,16 @@ def main(argv: list[str] | None = None) -> int:
             + " | ".join(cells)
             + " |"
         )
+    lines += ["", "Per quality level: bpp / PSNR (mean over images)", ""]
+    lines.append("| configuration | " + " | ".join(f"q={q}" for q in qualities) + " |")
+    lines.append("|---|" + "---:|" * len(qualities))
+    for (name, _, _), codec in zip(configs, codecs):
+        points = {p["quality"]: p for p in result["codecs"][codec]["points"]}
+        lines.append(
+            f"| {name} | "
+            + " | ".join(f"{points[q]['bpp']:.3f} / {points[q]['psnr']:.2f} dB" for q in qualities)
+            + " |"
+        )
     md = "\n".join(lines) + "\n"
     (args.out / "ablation.md").write_text(md)
     print(md)

@@ -15,12 +15,15 @@ Example::
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import math
 import os
 import random
+import statistics
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -79,6 +82,15 @@ def rd_terms(out: dict, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @torch.no_grad()
+def is_outlier(loss: float, recent: Sequence[float], factor: float) -> bool:
+    """A non-finite loss, or one over ``factor`` x the median of ``recent`` (after 20 steps)."""
+    if not math.isfinite(loss):
+        return True
+    if factor <= 0 or len(recent) < 20:
+        return False
+    return loss > factor * statistics.median(recent)
+
+
 def quick_kodak_eval(model, kodak: list[torch.Tensor], rates=(0.0, 3.5, 7.0)) -> list[dict]:
     """Estimated bpp (from likelihoods, with rounding) and PSNR on a few Kodak images."""
     model.eval()
@@ -152,6 +164,14 @@ def main(argv=None) -> None:
     ap.add_argument("--eval-minutes", type=float, default=15.0)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument(
+        "--outlier-factor",
+        type=float,
+        default=0.0,
+        help="drop a step whose loss exceeds F times the median of the last 200 kept steps "
+        "(0: off). For resgdn-vr: a chain of IGDNs now and then blows a batch up to 1e30, "
+        "and even clipped, such steps undo what the run had learned",
+    )
+    ap.add_argument(
         "--lambda-balance",
         type=float,
         default=0.0,
@@ -224,6 +244,7 @@ def main(argv=None) -> None:
     t0 = time.time()
     last_ckpt = last_eval = t0
     skipped = 0
+    recent: collections.deque[float] = collections.deque(maxlen=200)
     acc = {"loss": 0.0, "bpp": 0.0, "psnr": 0.0, "n": 0}
     t_log = t0
     model.train()
@@ -271,6 +292,12 @@ def main(argv=None) -> None:
                 loss = loss + args.fenm_weight * out["fenm_loss"]
             bpp = float(bpp.detach().mean())
             psnr = float((10 * torch.log10(1 / mse.detach().clamp_min(1e-10))).mean())
+        loss_value = float(loss.detach())
+        if is_outlier(loss_value, recent, args.outlier_factor):
+            skipped += 1
+            why = "outlier" if math.isfinite(loss_value) else "non-finite loss"
+            log({"event": "skipped-step", "step": step, "loss": loss_value, "why": why})
+            continue
         opt.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(main_params, 1.0)
@@ -278,8 +305,9 @@ def main(argv=None) -> None:
             # e.g. MS-SSIM's relu(cs) ** w has an infinite gradient at cs = 0: one such
             # batch would turn every weight into NaN, so the step is dropped and counted
             skipped += 1
-            log({"event": "skipped-step", "step": step, "loss": float(loss.detach())})
+            log({"event": "skipped-step", "step": step, "loss": loss_value})
             continue
+        recent.append(loss_value)
         opt.step()
         aux = torch.zeros(())
         if aux_opt is not None:
@@ -289,7 +317,7 @@ def main(argv=None) -> None:
             aux_opt.step()
         step += 1
 
-        acc["loss"] += float(loss.detach())
+        acc["loss"] += loss_value
         acc["bpp"] += bpp
         acc["psnr"] += psnr
         acc["n"] += 1

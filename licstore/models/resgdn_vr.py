@@ -72,9 +72,20 @@ class ResGDNVR(nn.Module):
 
     downsampling = 16
 
-    def __init__(self, N: int = 128, M: int = 8, act: str = "gdn", residual_blocks: bool = True):
+    def __init__(
+        self,
+        N: int = 128,
+        M: int = 8,
+        act: str = "gdn",
+        residual_blocks: bool = True,
+        train_bits: tuple[int, ...] | list[int] = TRAIN_BITS,
+    ):
         super().__init__()
         self.N, self.M = N, M
+        # one entry trains a fixed-rate model: the paper's baseline for the variable-rate claim
+        if not train_bits or any(not MIN_BITS <= int(b) <= MAX_BITS for b in train_bits):
+            raise ValueError(f"train_bits must be bit depths in {MIN_BITS}..{MAX_BITS}")
+        self.train_bits = tuple(int(b) for b in train_bits)
 
         def nl(inverse=False):
             return GDN(N, inverse=inverse) if act == "gdn" else nn.ReLU()
@@ -126,7 +137,7 @@ class ResGDNVR(nn.Module):
         # 4 scales and a 7-pixel window: pytorch-msssim needs sides > 16 * (window - 1)
         weights = [0.0448, 0.2856, 0.3001, 0.2363]
         weights = [w / sum(weights) for w in weights]
-        for bits in TRAIN_BITS:
+        for bits in self.train_bits:
             x_hat = self.g_s(self.quantize_train(y, bits)).float()
             # the metrics in fp32 even under bf16 autocast: in bf16, SSIM's stabilising
             # constants vanish and MS-SSIM turns infinite within a few steps
@@ -137,7 +148,7 @@ class ResGDNVR(nn.Module):
                 )
             loss = loss + 1000 * mse + (1 - msssim)
             psnrs.append(float(10 * torch.log10(1 / mse.detach().clamp_min(1e-10))))
-        return loss / len(TRAIN_BITS), {"psnr": float(np.mean(psnrs))}
+        return loss / len(self.train_bits), {"psnr": float(np.mean(psnrs))}
 
     # -- inference ------------------------------------------------------------------------
     def freeze(self) -> None:
