@@ -113,3 +113,27 @@ def test_corrupt_code_map(tiny_resgdn, photo):
         )
         with pytest.raises(CorruptBitstreamError):
             licstore.decode(forged)
+
+
+def test_codemap_coder_comparison_tool(tiny_resgdn, photo, tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    from PIL import Image
+
+    tool = Path(__file__).resolve().parents[1] / "tools" / "eval_codemap_coders.py"
+    spec = importlib.util.spec_from_file_location("_tool_codemap", tool)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    (tmp_path / "img").mkdir()
+    Image.fromarray(photo).save(tmp_path / "img" / "a.png")
+    out = tmp_path / "table.md"
+    assert module.main(["--images", str(tmp_path / "img"), "--model", tiny_resgdn,
+                        "--out", str(out)]) == 0  # fmt: skip
+    rows = [
+        line for line in out.read_text().splitlines() if line[:3] in {f"| {b}" for b in "2345678"}
+    ]
+    assert len(rows) == 7  # B = 2..8
+    for line in rows:
+        png, jxl, kept = (float(c.replace(",", "")) for c in line.split("|")[2:5])
+        assert kept == min(png, jxl) > 0
