@@ -21,7 +21,13 @@ from . import container, imageio, models
 from . import residual as _res
 from .errors import CorruptBitstreamError, LICError, RateTargetError, UnsupportedImageError
 from .metrics import psnr as _psnr
-from .ratecontrol import BPP_TOLERANCE, RateTarget, largest_rate_within, smallest_rate_reaching
+from .ratecontrol import (
+    BPP_TOLERANCE,
+    RateTarget,
+    check_enhancement,
+    largest_rate_within,
+    smallest_rate_reaching,
+)
 
 __all__ = ["BitstreamInfo", "decode", "decode_batch", "encode", "encode_batch", "info"]
 
@@ -157,7 +163,7 @@ def encode_batch(
     bitstream kept (highest PSNR within a ``bpp`` budget, smallest for ``psnr`` or
     ``lossless``): seed 001's rate control by model switching (``licstore.model_switch``).
     """
-    _check_enhancement(residual, lossless)
+    check_enhancement(residual, lossless)
     if model is not None and not isinstance(model, str):
         from .model_switch import encode_batch_choosing
 
@@ -208,25 +214,8 @@ def encode_batch(
 LOSSLESS_BASE_QUALITY = 1
 #: HEVC quality (pillow-heif 0..100) of the residual for ``quality=`` targets
 RESIDUAL_HEVC_QUALITY = 20
-RESIDUALS = ("hevc",)
 #: modes whose three coded planes are equal gray: their lossless residual is one plane
 _GRAY_MODES = ("L", "LA", "1")
-
-
-def _check_enhancement(residual: Any, lossless: Any) -> None:
-    """Reject unknown residual values and contradictory combinations up front."""
-    if residual is not None and residual not in RESIDUALS:
-        raise RateTargetError(
-            f"residual must be one of {RESIDUALS} or None, got {residual!r} "
-            "(for an exact copy use lossless=True)"
-        )
-    if not isinstance(lossless, bool):
-        raise RateTargetError(f"lossless must be True or False, got {lossless!r}")
-    if lossless and residual is not None:
-        raise RateTargetError(
-            "lossless=True already stores the image exactly; drop residual="
-            f"{residual!r} (or use residual without lossless for a lossy enhancement layer)"
-        )
 
 
 def _bitstream(

@@ -20,7 +20,7 @@ from PIL import Image
 
 from . import container, encode_cache, imageio
 from .errors import CorruptBitstreamError, LICError, UnsupportedImageError
-from .ratecontrol import RateTarget
+from .ratecontrol import RateTarget, check_enhancement
 
 DEFAULT_BATCH_SIZE = 16
 
@@ -37,24 +37,35 @@ class EncoderSettings:
     model: str
     weights_sha256: str
     target: RateTarget
+    residual: str | None = None  # enhancement layer, as ``licstore.encode(residual=...)``
+    lossless: bool = False
 
     @classmethod
-    def resolve(cls, *, bpp=None, quality=None, psnr=None, model=None) -> EncoderSettings:
+    def resolve(
+        cls, *, bpp=None, quality=None, psnr=None, model=None, residual=None, lossless=False
+    ) -> EncoderSettings:
         from . import models
 
         target = RateTarget.from_kwargs(bpp, quality, psnr)
+        check_enhancement(residual, lossless)
         name, digest = models.resolve(model)
-        return cls(name, digest, target)
+        return cls(name, digest, target, residual, bool(lossless))
 
     def cache_id(self) -> str:
+        layers = (f"|residual={self.residual}" if self.residual else "") + (
+            "|lossless" if self.lossless else ""
+        )
         return (
-            f"{self.model}@{self.weights_sha256}|{self.target.describe()}"
+            f"{self.model}@{self.weights_sha256}|{self.target.describe()}{layers}"
             f"|format{container.FORMAT_VERSION}"
         )
 
     def encode_kwargs(self) -> dict:
         t = self.target
-        return {"bpp": t.bpp, "quality": t.quality, "psnr": t.psnr}
+        return {
+            "bpp": t.bpp, "quality": t.quality, "psnr": t.psnr,
+            "residual": self.residual, "lossless": self.lossless,
+        }  # fmt: skip
 
 
 def read_url(path: str) -> bytes:

@@ -19,7 +19,7 @@ import pyarrow as pa
 
 from . import column_codec
 from .errors import CorruptBitstreamError, UnsupportedImageError
-from .ratecontrol import RateTarget
+from .ratecontrol import RateTarget, check_enhancement
 
 STORAGE_TYPE = pa.struct({"bytes": pa.binary(), "path": pa.string(), "codec": pa.string()})
 
@@ -35,6 +35,9 @@ class LICImage:
         bpp, quality, psnr: rate target for rows encoded through this feature (at most one;
             none means ``quality=4``), as in ``licstore.encode``.
         model: registry name of the encoding model; None means licstore's default.
+        residual: ``"hevc"`` adds the HEVC enhancement layer, ``lossless=True`` stores the
+            images exactly, as in ``licstore.encode`` (serialised only when set, so features
+            without them read as before).
         mode: convert decoded images to this PIL mode (as ``datasets.Image(mode=...)``).
         decode: False returns the stored ``{"bytes", "path", "codec"}`` dict.
         batch_size: images per ``encode_batch`` call during casts (not serialised).
@@ -44,6 +47,8 @@ class LICImage:
     quality: int | None = field(default=None, metadata=_ALWAYS_SERIALISED)
     psnr: float | None = field(default=None, metadata=_ALWAYS_SERIALISED)
     model: str | None = field(default=None, metadata=_ALWAYS_SERIALISED)
+    residual: str | None = None
+    lossless: bool = False
     mode: str | None = None
     decode: bool = True
     id: str | None = field(default=None, repr=False)
@@ -54,6 +59,7 @@ class LICImage:
 
     def __post_init__(self) -> None:
         RateTarget.from_kwargs(self.bpp, self.quality, self.psnr)  # RateTargetError if invalid
+        check_enhancement(self.residual, self.lossless)  # RateTargetError naming the problem
         if self.model is not None and not isinstance(self.model, str):
             raise TypeError(f"model must be a registry name (str), got {self.model!r}")
 
@@ -65,8 +71,9 @@ class LICImage:
     def settings(self) -> column_codec.EncoderSettings:
         """The exact encoder (model, weights, rate target) new rows get."""
         return column_codec.EncoderSettings.resolve(
-            bpp=self.bpp, quality=self.quality, psnr=self.psnr, model=self.model
-        )
+            bpp=self.bpp, quality=self.quality, psnr=self.psnr, model=self.model,
+            residual=self.residual, lossless=self.lossless,
+        )  # fmt: skip
 
     def encode_example(self, value: Any) -> dict | None:
         """One row to storage: a bitstream or ``.lic`` path passes through, anything else

@@ -71,12 +71,12 @@ from fsspec.utils import stringify_path
 from licstore.atomic import temporary_name
 from licstore.container import MAGIC
 from licstore.errors import LICError
-from licstore.ratecontrol import RateTarget
+from licstore.ratecontrol import RateTarget, check_enhancement
 
 __all__ = ["LICFileSystem", "output_format"]
 
 _RATE_OPTIONS = ("bpp", "quality", "psnr")
-_CODEC_OPTIONS = (*_RATE_OPTIONS, "model", "device", "raw")
+_CODEC_OPTIONS = (*_RATE_OPTIONS, "model", "residual", "lossless", "device", "raw")
 _FORMATS = {
     ".png": "PNG",
     ".jpg": "JPEG",
@@ -204,8 +204,8 @@ class LICFileSystem(ChainedFileSystem):
     """Images on a target filesystem, stored as licstore bitstreams.
 
     ``target_protocol``/``target_options`` or ``fs=`` name the target (default: local files).
-    ``bpp``/``quality``/``psnr``/``model``/``device``: encoder options, as in
-    ``licstore.encode`` (at most one rate target; none means ``quality=4``).
+    ``bpp``/``quality``/``psnr``/``model``/``residual``/``lossless``/``device``: encoder
+    options, as in ``licstore.encode`` (at most one rate target; none means ``quality=4``).
     ``raw=True``: reads return stored bitstreams instead of decoding them.
     Every option can also be passed to ``open``/``cat_file``/``pipe_file`` for one call; a
     rate target given there replaces the filesystem's.
@@ -224,6 +224,8 @@ class LICFileSystem(ChainedFileSystem):
         quality: int | None = None,
         psnr: float | None = None,
         model: str | None = None,
+        residual: str | None = None,
+        lossless: bool = False,
         device: str | None = None,
         raw: bool = False,
         fo: str | None = None,  # the chained target path; paths come with each call instead
@@ -233,6 +235,7 @@ class LICFileSystem(ChainedFileSystem):
         if fs is not None and (target_protocol is not None or target_options):
             raise ValueError("give either fs= or target_protocol/target_options, not both")
         RateTarget.from_kwargs(bpp, quality, psnr)  # RateTargetError now, not at first write
+        check_enhancement(residual, lossless)
         self.fs = (
             fs
             if fs is not None
@@ -246,6 +249,8 @@ class LICFileSystem(ChainedFileSystem):
             "quality": quality,
             "psnr": psnr,
             "model": model,
+            "residual": residual,
+            "lossless": lossless,
             "device": device,
             "raw": bool(raw),
         }
@@ -283,6 +288,7 @@ class LICFileSystem(ChainedFileSystem):
             options.update(dict.fromkeys(_RATE_OPTIONS))
         options.update({k: v for k, v in call.items() if v is not None})
         RateTarget.from_kwargs(options["bpp"], options["quality"], options["psnr"])
+        check_enhancement(options["residual"], options["lossless"])
         return options, kwargs
 
     # -- reading -----------------------------------------------------------------------------
@@ -363,6 +369,8 @@ class LICFileSystem(ChainedFileSystem):
                 quality=options["quality"],
                 psnr=options["psnr"],
                 model=options["model"],
+                residual=options["residual"],
+                lossless=options["lossless"],
                 device=options["device"],
             )
         except LICError as exc:

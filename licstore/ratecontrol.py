@@ -10,10 +10,13 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from .errors import RateTargetError
 
 DEFAULT_QUALITY = 4
+#: enhancement layers ``residual=`` can add
+RESIDUALS = ("hevc",)
 #: a bpp result may exceed its target by at most this fraction
 BPP_TOLERANCE = 0.03
 
@@ -53,6 +56,22 @@ class RateTarget:
         if self.psnr is not None:
             return f"psnr={self.psnr:g}"
         return f"quality={self.quality}"
+
+
+def check_enhancement(residual: Any, lossless: Any) -> None:
+    """Reject unknown residual values and contradictory combinations up front."""
+    if residual is not None and residual not in RESIDUALS:
+        raise RateTargetError(
+            f"residual must be one of {RESIDUALS} or None, got {residual!r} "
+            "(for an exact copy use lossless=True)"
+        )
+    if not isinstance(lossless, bool):
+        raise RateTargetError(f"lossless must be True or False, got {lossless!r}")
+    if lossless and residual is not None:
+        raise RateTargetError(
+            "lossless=True already stores the image exactly; drop residual="
+            f"{residual!r} (or use residual without lossless for a lossy enhancement layer)"
+        )
 
 
 def smallest_rate_reaching(

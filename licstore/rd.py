@@ -26,6 +26,7 @@ import numpy as np
 from PIL import Image
 
 from .metrics import bd_psnr, bd_rate, ms_ssim, psnr
+from .ratecontrol import RESIDUALS
 
 __all__ = [
     "CODECS",
@@ -285,8 +286,6 @@ def get_codec(name: str) -> Codec:
         by_bpp = spec.endswith("@bpp")
         model, plus, residual = spec.removesuffix("@bpp").partition("+")
         if plus:
-            from .codec import RESIDUALS
-
             if residual not in RESIDUALS or not model:
                 raise ValueError(
                     f"unknown codec {name!r}: after '+' comes a residual layer, one of {RESIDUALS}"

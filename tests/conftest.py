@@ -12,6 +12,23 @@ ROOT = Path(__file__).resolve().parents[1]
 KODAK = ROOT.parent / "shared" / "data" / "kodak"
 
 
+def _load_script(relative: str):
+    """Import a script of the repository (``tools/x.py``, ``recipes/y.py``) as a module."""
+    import importlib.util
+
+    path = ROOT / relative
+    spec = importlib.util.spec_from_file_location(f"_script_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def load_tool():
+    """``load_tool("train")`` imports ``tools/train.py``; ``load_tool("recipes/x.py")`` a script."""
+    return lambda name: _load_script(name if name.endswith(".py") else f"tools/{name}.py")
+
+
 def make_tiny_weights(path: Path, name: str = "tiny-test", seed: int = 0) -> Path:
     """Export a small random mshp-vr (fast to run) as a weights file."""
     from licstore.models.mshp_vr import MeanScaleHyperpriorVR

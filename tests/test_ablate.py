@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -12,14 +11,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _ablate():
-    spec = importlib.util.spec_from_file_location("_tool_ablate", ROOT / "tools" / "ablate.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_two_configurations_end_to_end(tmp_path):
+def test_two_configurations_end_to_end(tmp_path, load_tool):
     photos = tmp_path / "photos"
     photos.mkdir()
     rng = np.random.default_rng(0)
@@ -35,7 +27,7 @@ def test_two_configurations_end_to_end(tmp_path):
         "--data", str(photos), "--images", str(photos), "--limit", "1", "--q", "1,8",
         "--no-ms-ssim",
     ]  # fmt: skip
-    ablate = _ablate()
+    ablate = load_tool("ablate")
     assert ablate.main(argv) == 0
     result = json.loads((out / "ablation.json").read_text())
     assert set(result["ablation"]) == {"a", "b"}
@@ -57,10 +49,10 @@ def test_two_configurations_end_to_end(tmp_path):
     assert stamps() == before
 
 
-def test_bad_configurations_are_refused():
+def test_bad_configurations_are_refused(load_tool):
     import pytest
 
-    ablate = _ablate()
+    ablate = load_tool("ablate")
     for spec in ("noequals", "x=unknown-arch", 'x=mshp-vr:{"N": }'):
         with pytest.raises(SystemExit):
             ablate.parse_config(spec)

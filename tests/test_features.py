@@ -95,7 +95,34 @@ def test_rate_fields_serialised_even_when_default(tiny_model):
     assert back["image"] == LICImage(bpp=0.3)
 
 
+def test_enhancement_layers_through_the_feature(tiny_model):
+    from licstore import container, residual
+
+    imgs = _images(2)
+    plain = LICImage(quality=2, model=tiny_model)
+    layered = LICImage(quality=2, model=tiny_model, residual="hevc")
+    exact = LICImage(model=tiny_model, lossless=True)
+    d = datasets.Features({"a": plain, "b": layered, "c": exact}).to_dict()
+    assert "residual" not in d["a"] and "lossless" not in d["a"]  # old readers see no change
+    assert d["b"]["residual"] == "hevc" and d["c"]["lossless"] is True
+    assert datasets.Features.from_dict(d)["b"] == layered
+    ds = datasets.Dataset.from_dict({"a": imgs, "b": imgs, "c": imgs}).cast(
+        datasets.Features({"a": plain, "b": layered, "c": exact})
+    )
+    raw = ds.cast(datasets.Features({k: LICImage(decode=False) for k in "abc"}))[0]
+    kinds = {k: [layer.kind for layer in container.unpack(raw[k]["bytes"]).layers] for k in "abc"}
+    assert residual.HEVC_KIND in kinds["b"] and residual.HEVC_KIND not in kinds["a"]
+    assert residual.LOSSLESS_KIND in kinds["c"]
+    assert np.array_equal(np.asarray(ds[0]["c"]), np.asarray(imgs[0]))  # bit-exact
+    # the encode cache tells the settings apart: same image, three different bitstreams
+    assert len({raw[k]["bytes"] for k in "abc"}) == 3
+
+
 def test_invalid_feature_parameters_fail_early():
+    with pytest.raises(licstore.errors.RateTargetError, match="residual"):
+        LICImage(residual="jpeg")
+    with pytest.raises(licstore.errors.RateTargetError, match="lossless"):
+        LICImage(residual="hevc", lossless=True)
     with pytest.raises(licstore.errors.RateTargetError):
         LICImage(bpp=0.3, quality=2)
     with pytest.raises(licstore.errors.RateTargetError):

@@ -172,6 +172,30 @@ def test_bitstreams_are_stored_as_is_and_options_apply(lic, tiny_model, mem, ima
     assert not lic.exists(f"{root}/bad.png")
 
 
+def test_enhancement_layer_options(tiny_model, mem, image):
+    from licstore import container, residual
+
+    fs, root = mem
+    lic = fsspec.filesystem("lic", target_protocol="memory", model=tiny_model, lossless=True)
+    lic.pipe_file(f"{root}/exact.png", encoded(image))
+    lic.pipe_file(f"{root}/hevc.png", encoded(image), lossless=False, residual="hevc")
+    kinds = {
+        name: [layer.kind for layer in container.unpack(fs.cat_file(f"{root}/{name}")).layers]
+        for name in ("exact.png", "hevc.png")
+    }
+    assert residual.LOSSLESS_KIND in kinds["exact.png"]
+    assert residual.HEVC_KIND in kinds["hevc.png"]
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(lic.cat_file(f"{root}/exact.png")))),
+                          np.asarray(image))  # fmt: skip
+    with pytest.raises(RateTargetError, match="residual"):
+        fsspec.filesystem(
+            "lic", target_protocol="memory", residual="webp", skip_instance_cache=True
+        )
+    with pytest.raises(RateTargetError, match="lossless"):
+        lic.pipe_file(f"{root}/x.png", encoded(image), residual="hevc")
+    assert not fs.exists(f"{root}/x.png")
+
+
 def test_mixed_folder(lic, tiny_model, mem, image):
     fs, root = mem
     plain = encoded(image.resize((20, 10)))

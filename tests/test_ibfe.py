@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from pathlib import Path
@@ -167,14 +166,7 @@ def test_full_model_has_the_cascaded_blocks():
     assert n_full > sum(p.numel() for p in tiny.parameters())
 
 
-def _train_tool():
-    spec = importlib.util.spec_from_file_location("_tool_train_ibfe", ROOT / "tools" / "train.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_train_tool_runs_ibfe(tmp_path):
+def test_train_tool_runs_ibfe(tmp_path, load_tool):
     photos = tmp_path / "photos"
     photos.mkdir()
     rng = np.random.default_rng(0)
@@ -182,7 +174,7 @@ def test_train_tool_runs_ibfe(tmp_path):
         img = rng.integers(0, 256, (96, 96, 3), dtype=np.uint8)
         Image.fromarray(img).save(photos / f"p{i}.png")
     run = tmp_path / "run"
-    _train_tool().main([
+    load_tool("train").main([
         "--model", "ibfe", "--arch-kwargs", json.dumps({"N": 8, "M": 12}),
         "--data", str(photos), "--kodak", str(tmp_path / "no-kodak"), "--out", str(run),
         "--batch", "2", "--crop", "64", "--warmup", "2", "--threads", "1",

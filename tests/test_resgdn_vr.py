@@ -115,16 +115,10 @@ def test_corrupt_code_map(tiny_resgdn, photo):
             licstore.decode(forged)
 
 
-def test_codemap_coder_comparison_tool(tiny_resgdn, photo, tmp_path):
-    import importlib.util
-    from pathlib import Path
-
+def test_codemap_coder_comparison_tool(tiny_resgdn, photo, tmp_path, load_tool):
     from PIL import Image
 
-    tool = Path(__file__).resolve().parents[1] / "tools" / "eval_codemap_coders.py"
-    spec = importlib.util.spec_from_file_location("_tool_codemap", tool)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_tool("eval_codemap_coders")
     (tmp_path / "img").mkdir()
     Image.fromarray(photo).save(tmp_path / "img" / "a.png")
     out = tmp_path / "table.md"

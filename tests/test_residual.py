@@ -356,14 +356,8 @@ def test_cli_residual_and_lossless(tmp_path, tiny_model, photo):
         cli.main(["compress", str(src), "-o", str(out), "--residual", "hevc", "--lossless"])
 
 
-def test_eval_residual_tool_runs(tmp_path, tiny_model, photo):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(
-        "eval_residual", Path(__file__).resolve().parents[1] / "tools" / "eval_residual.py"
-    )
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+def test_eval_residual_tool_runs(tmp_path, tiny_model, photo, load_tool):
+    tool = load_tool("eval_residual")
     (tmp_path / "imgs").mkdir()
     Image.fromarray(photo).save(tmp_path / "imgs" / "a.png")
     out = tmp_path / "res"

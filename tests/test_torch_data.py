@@ -6,7 +6,6 @@ group); 2-worker DataLoaders use the default fork context.
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
 import os
@@ -343,20 +342,12 @@ def test_batch_decoder_cuda_without_cuda_is_a_clear_error():
 # -- recipe ---------------------------------------------------------------------------------
 
 
-def _load_recipe():
-    path = ROOT / "recipes" / "train_from_compressed_shards.py"
-    spec = importlib.util.spec_from_file_location("train_from_compressed_shards", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def _steps(text: str) -> list[str]:
     return [line for line in text.splitlines() if line.startswith("step ")]
 
 
-def test_recipe_trains_checkpoints_and_resumes_exactly(shards, tmp_path):
-    recipe = _load_recipe()
+def test_recipe_trains_checkpoints_and_resumes_exactly(shards, tmp_path, load_tool):
+    recipe = load_tool("recipes/train_from_compressed_shards.py")
     args = ["--shards", str(shards / "*.parquet"), "--steps", "8", "--batch-size", "4"]
     args += ["--workers", "2", "--size", "32", "--log-column", "id"]
     out = io.StringIO()

@@ -6,7 +6,6 @@ codec loads: that is how shipped models are made.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -18,13 +17,6 @@ from PIL import Image
 import licstore
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _tool(name: str):
-    spec = importlib.util.spec_from_file_location(f"_tool_{name}", ROOT / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
@@ -50,8 +42,8 @@ CASES = [
 
 
 @pytest.mark.parametrize(("arch", "kwargs", "crop"), CASES, ids=[c[0] for c in CASES])
-def test_train_resume_export_and_code(arch, kwargs, crop, photos, tmp_path, photo):
-    train, export = _tool("train"), _tool("export_weights")
+def test_train_resume_export_and_code(arch, kwargs, crop, photos, tmp_path, photo, load_tool):
+    train, export = load_tool("train"), load_tool("export_weights")
     run = tmp_path / "run"
     common = [
         "--arch", arch, "--arch-kwargs", json.dumps(kwargs), "--data", str(photos),
@@ -79,7 +71,7 @@ def test_train_resume_export_and_code(arch, kwargs, crop, photos, tmp_path, phot
     assert np.asarray(licstore.decode(data)).shape == photo.shape
 
 
-def test_init_from_shipped_weights(photos, tmp_path):
+def test_init_from_shipped_weights(photos, tmp_path, load_tool):
     """Continuing the default model from its safetensors (fresh optimizer), as the card says."""
     from licstore.models.weights import WEIGHTS_DIR, read_manifest
 
@@ -87,7 +79,7 @@ def test_init_from_shipped_weights(photos, tmp_path):
     shipped = WEIGHTS_DIR / next(
         v["file"] for v in entry["versions"] if v["sha256"] == entry["default"]
     )
-    train = _tool("train")
+    train = load_tool("train")
     run = tmp_path / "run"
     train.main([
         "--init-from", str(shipped), "--data", str(photos), "--kodak", str(tmp_path / "none"),
@@ -100,8 +92,8 @@ def test_init_from_shipped_weights(photos, tmp_path):
     assert torch.allclose(ck["model"]["g_s.0.weight"], shipped_g_s.float(), atol=1e-3)
 
 
-def test_outlier_steps_are_recognised():
-    train = _tool("train")
+def test_outlier_steps_are_recognised(load_tool):
+    train = load_tool("train")
     recent = [1.0 + 0.01 * i for i in range(50)]
     assert train.is_outlier(float("inf"), [], 0.0) and train.is_outlier(float("nan"), recent, 10)
     assert train.is_outlier(30.0, recent, 10.0) and not train.is_outlier(5.0, recent, 10.0)
