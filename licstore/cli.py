@@ -16,6 +16,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from .errors import LICError
+from .ratecontrol import RESIDUALS
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".ppm", ".pgm"}
 
@@ -244,7 +245,9 @@ def cmd_compress_parquet(args) -> int:
             args.src,
             args.dst,
             column=args.column,
-            feature=licstore.LICImage(model=args.model, **rate),
+            feature=licstore.LICImage(
+                model=args.model, residual=args.residual, lossless=args.lossless, **rate
+            ),
             client=args.scheduler,
             workers=args.workers,
             on_error=args.on_error,
@@ -261,6 +264,21 @@ def cmd_compress_parquet(args) -> int:
     return 1 if report.failures else 0
 
 
+def add_enhancement(p: argparse.ArgumentParser) -> None:
+    """``--residual hevc`` / ``--lossless``: the enhancement layers of ``licstore.encode``."""
+    enh = p.add_mutually_exclusive_group()
+    enh.add_argument(
+        "--residual",
+        choices=list(RESIDUALS),
+        help="add an HEVC-coded residual layer (with --bpp: best base/residual split)",
+    )
+    enh.add_argument(
+        "--lossless",
+        action="store_true",
+        help="add an exact residual layer: decoded images equal the input bit for bit",
+    )
+
+
 def add_compress_parquet(sub) -> None:
     p = sub.add_parser(
         "compress-parquet", help="Parquet dataset -> LIC-compressed copy, on a Dask cluster"
@@ -273,6 +291,7 @@ def add_compress_parquet(sub) -> None:
     g.add_argument("--psnr", type=float, help="target PSNR in dB")
     p.add_argument("--model", help="model name (see `licstore models`)")
     p.add_argument("--column", default="image", help="image column (default: image)")
+    add_enhancement(p)
     w = p.add_mutually_exclusive_group()
     w.add_argument("--scheduler", help="address of a running Dask scheduler")
     w.add_argument("--workers", type=int, help="worker processes of the local cluster")
@@ -306,17 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("-q", "--quiet", action="store_true")
     add_rate(p)
-    enh = p.add_mutually_exclusive_group()
-    enh.add_argument(
-        "--residual",
-        choices=["hevc"],
-        help="add an HEVC-coded residual layer (with --bpp: best base/residual split)",
-    )
-    enh.add_argument(
-        "--lossless",
-        action="store_true",
-        help="add an exact residual layer: decoded files equal the input bit for bit",
-    )
+    add_enhancement(p)
     p.set_defaults(func=cmd_compress)
 
     p = sub.add_parser("decompress", help=".lic files -> images")

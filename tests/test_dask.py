@@ -382,6 +382,16 @@ def test_cli_compress_parquet(client, tiny_model, tmp_path, capsys):
     assert "row 1:" in capsys.readouterr().err
     assert not (tmp_path / "dst3" / "b.parquet").exists()
 
+    # the enhancement layers reach the workers: --lossless stores every row exactly
+    exact = ["--model", tiny_model, "--scheduler", address, "-q", "--lossless"]
+    assert cli.main(["compress-parquet", str(src), str(tmp_path / "dst4"), *exact]) == 0
+    from licstore import container, residual
+
+    for shard in sorted((tmp_path / "dst4").rglob("*.parquet")):
+        for row in pq.read_table(shard).column("image").to_pylist():
+            kinds = [layer.kind for layer in container.unpack(row["bytes"]).layers]
+            assert residual.LOSSLESS_KIND in kinds
+
 
 def test_recipe_compress_parquet_with_dask(tiny_model, tmp_path, capsys):
     """The recipe on its own embedded cluster (client=None: one spawned worker process)."""
