@@ -216,7 +216,7 @@ class GaussianCoder(_TableCoder):
         self.scale_table = gc.scale_table.detach().double().cpu().numpy()
         self._thresholds = self.scale_table[:-1]
         self._bits: np.ndarray | None = None  # built on the first estimate
-        self._max_value = np.zeros(0, dtype=np.int64)
+        self._max_value = self._offsets = np.zeros(0, dtype=np.int64)
 
     def indexes(self, scales: np.ndarray, steps: np.ndarray) -> np.ndarray:
         """Table index per element, as CompressAI's ``build_indexes`` on ``scales / steps``."""
@@ -241,8 +241,9 @@ class GaussianCoder(_TableCoder):
         """
         if self._bits is None:
             self._bits, self._max_value = _symbol_bits(self.cdfs, self.cdf_length)
+            self._offsets = np.asarray(self.offset, dtype=np.int64)
         idx = indexes.reshape(-1)
-        value = symbols.reshape(-1) - np.asarray(self.offset, dtype=np.int64)[idx]
+        value = symbols.reshape(-1) - self._offsets[idx]
         max_value = self._max_value[idx]
         below, above = value < 0, value >= max_value
         bits = float(self._bits[idx, np.clip(value, 0, max_value)].sum())

@@ -37,11 +37,7 @@ def measure(net, image, bits_list) -> list[dict]:
         q, _, _ = net._quantize(analyzed, 0, bits)
         mosaic = q.reshape(-1, q.shape[-1])
         sizes = {fmt: len(resgdn_vr._lossless(mosaic, fmt)) for fmt in resgdn_vr.CODERS.values()}
-        entropy = 0.0
-        for channel in q:
-            counts = np.bincount(channel.ravel()).astype(np.float64)
-            p = counts[counts > 0] / channel.size
-            entropy += -(counts[counts > 0] * np.log2(p)).sum() / 8
+        entropy = resgdn_vr.order0_bytes(q)
         rows.append({"bits": bits, "pixels": h * w, "entropy": entropy, **sizes})
     return rows
 

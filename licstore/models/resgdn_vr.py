@@ -193,12 +193,7 @@ class ResGDNVR(nn.Module):
     def estimate_bytes(self, a: AnalyzedCodeMaps, i: int, rate: int) -> float:
         """Zeroth-order entropy of each channel's symbols plus side info."""
         q, _, _ = self._quantize(a, i, rate)
-        total = 0.0
-        for c in q:
-            counts = np.bincount(c.ravel(), minlength=2**rate).astype(np.float64)
-            p = counts[counts > 0] / c.size
-            total += -(counts[counts > 0] * np.log2(p)).sum()
-        return total / 8 + 8 * self.M + 40
+        return order0_bytes(q) + 8 * self.M + 40
 
     def encode_latents(self, a: AnalyzedCodeMaps, i: int, rate: int) -> bytes:
         """Payload: M x (min, max) float32 LE | coder id (u8) | lossless mosaic of channels."""
@@ -263,6 +258,16 @@ def _dequantize(q: np.ndarray, lo: np.ndarray, hi: np.ndarray, bits: int) -> tor
     scale, zero = _scale_zero(lo, hi, bits)
     y = (q.astype(np.float32) - zero[:, None, None]) * scale[:, None, None]
     return torch.from_numpy(np.ascontiguousarray(y))[None]
+
+
+def order0_bytes(q: np.ndarray) -> float:
+    """Zeroth-order entropy of each channel of a code map, summed, in bytes."""
+    total = 0.0
+    for channel in q:
+        counts = np.bincount(channel.ravel()).astype(np.float64)
+        counts = counts[counts > 0]
+        total += -(counts * np.log2(counts / channel.size)).sum()
+    return total / 8
 
 
 def _lossless(mosaic: np.ndarray, fmt: str) -> bytes:
