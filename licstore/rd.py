@@ -246,9 +246,15 @@ def _residual_share(data: bytes) -> dict[str, float]:
 LICSTORE_BPP_TARGETS = (25, 50, 75, 100, 150, 200)
 
 
-def licstore_codec(model: str, residual: str | None = None, by_bpp: bool = False) -> Codec:
+def licstore_codec(
+    model: str | Sequence[str], residual: str | None = None, by_bpp: bool = False
+) -> Codec:
     """Adapter for a licstore model through the public API: quality levels 1..8, or with
     ``by_bpp`` (codec ``licstore:MODEL@bpp``) ``bpp=`` targets given in hundredths.
+
+    Several models (``licstore:A,B@bpp``) are seed 001's rate control by model switching:
+    per image and target the encoder keeps the best of their bitstreams. Their quality
+    levels are not comparable, so a model list needs ``by_bpp``.
 
     With ``residual="hevc"`` (``licstore:MODEL+hevc``) every bitstream may carry the HEVC
     enhancement layer and every point records the layer's share of the bytes. By quality the
@@ -256,11 +262,17 @@ def licstore_codec(model: str, residual: str | None = None, by_bpp: bool = False
     split for each target, which is the curve the layer really offers.
     """
 
+    models = [model] if isinstance(model, str) else list(model)
+    if len(models) > 1 and not by_bpp:
+        raise ValueError("several models are chosen between by bpp= targets: add '@bpp'")
+    choice = models[0] if len(models) == 1 else models
+    model = ",".join(models)
+
     def encode(img: Image.Image, quality: int) -> bytes:
         import licstore
 
         target = {"bpp": quality / 100} if by_bpp else {"quality": quality}
-        return bytes(licstore.encode(img, model=model, residual=residual, **target))
+        return bytes(licstore.encode(img, model=choice, residual=residual, **target))
 
     def decode(data: bytes) -> Image.Image:
         import licstore
@@ -268,7 +280,7 @@ def licstore_codec(model: str, residual: str | None = None, by_bpp: bool = False
         return _to_rgb(licstore.decode(data))
 
     name = f"licstore:{model}" + (f"+{residual}" if residual else "") + ("@bpp" if by_bpp else "")
-    label = f"licstore {model}" + (f" + {residual} residual" if residual else "")
+    label = f"licstore {' or '.join(models)}" + (f" + {residual} residual" if residual else "")
     return Codec(
         name, encode, decode, LICSTORE_BPP_TARGETS if by_bpp else LICSTORE_QUALITIES,
         label + (" (bpp targets)" if by_bpp else ""), _licstore_check,
@@ -278,7 +290,8 @@ def licstore_codec(model: str, residual: str | None = None, by_bpp: bool = False
 
 def get_codec(name: str) -> Codec:
     """Resolve a codec name: a key of :data:`CODECS` or ``licstore:<model>[+hevc][@bpp]``
-    (``+hevc``: with the residual enhancement layer; ``@bpp``: sweep bpp targets)."""
+    (``+hevc``: with the residual enhancement layer; ``@bpp``: sweep bpp targets;
+    ``<model>`` may be ``A,B,...`` with ``@bpp``: per-image model switching)."""
     if name in CODECS:
         return CODECS[name]
     if name.startswith("licstore:") and len(name) > len("licstore:"):
@@ -290,9 +303,14 @@ def get_codec(name: str) -> Codec:
                 raise ValueError(
                     f"unknown codec {name!r}: after '+' comes a residual layer, one of {RESIDUALS}"
                 )
-        if not model or "@" in model:
+        models = model.split(",")
+        if not all(models) or "@" in model:
             raise ValueError(f"unknown codec {name!r}: expected licstore:<model>[+hevc][@bpp]")
-        return licstore_codec(model, residual or None, by_bpp)
+        if len(models) > 1 and not by_bpp:
+            raise ValueError(
+                f"unknown codec {name!r}: several models (model switching) need '@bpp'"
+            )
+        return licstore_codec(models, residual or None, by_bpp)
     raise ValueError(
         f"unknown codec {name!r}; known: {sorted(CODECS)} or licstore:<model>[+hevc][@bpp]"
     )

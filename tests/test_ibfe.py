@@ -13,7 +13,8 @@ from PIL import Image
 
 import licstore
 import licstore.models.ibfe  # noqa: F401  (registers ibfe, ibfe-full)
-from licstore.models.ibfe import QECM, IBFEFull, fourier_error
+from licstore.models.ibfe import IBFE, QECM, IBFEFull, fourier_error
+from licstore.models.mshp_vr import MeanScaleHyperpriorVR
 from licstore.models.registry import model_class
 from licstore.models.stats import measure
 
@@ -183,3 +184,20 @@ def test_train_tool_runs_ibfe(tmp_path, load_tool):
     ck = torch.load(run / "last.pt", weights_only=True)
     assert ck["arch"] == "ibfe" and ck["step"] > 0
     assert all(torch.isfinite(v).all() for v in ck["model"].values() if v.is_floating_point())
+
+
+def test_warm_start_from_the_backbone_keeps_its_transform_stages():
+    """``--init-from`` mshp-vr weights: the backbone's middle stages land in g_a/g_s.rest."""
+    from licstore.models.weights import warm_start
+
+    backbone = MeanScaleHyperpriorVR(N=16, M=24)
+    model = IBFE(N=16, M=24)
+    loaded, total = warm_start(model, backbone.state_dict())
+    state = model.state_dict()
+    assert torch.equal(state["g_a.rest.1.weight"], backbone.g_a[2].weight)
+    assert torch.equal(state["g_a.rest.5.weight"], backbone.g_a[6].weight)  # conv N -> M
+    assert torch.equal(state["g_s.rest.0.weight"], backbone.g_s[0].weight)
+    assert torch.equal(state["h_s.0.conv.weight"], backbone.h_s[0].conv.weight)
+    # the first analysis / last synthesis layer have no place here: FExM and FEnM start new
+    assert "g_a.0.weight" not in state and 0 < loaded < total
+    assert model.backbone_key("g_s.6.weight") == "g_s.6.weight"

@@ -101,3 +101,23 @@ def test_cli_model_pair(tmp_path, tiny_model, second_model, photo):
         == 0
     )
     assert licstore.info(out.read_bytes()).model in (tiny_model, second_model)
+
+
+def test_rd_sweeps_model_switching_by_bpp(tiny_model, second_model, photo):
+    from PIL import Image
+
+    from licstore import rd
+
+    name = f"licstore:{tiny_model},{second_model}@bpp"
+    result = rd.evaluate(
+        [("photo", Image.fromarray(photo))], [name], {name: [150]},
+        compute_ms_ssim=False, log=None,
+    )  # fmt: skip
+    point = result["codecs"][name]["points"][0]
+    chosen = licstore.encode(photo, bpp=1.5, model=[tiny_model, second_model])
+    assert point["bpp"] == pytest.approx(len(chosen) * 8 / (photo.shape[0] * photo.shape[1]))
+    assert point["psnr"] == pytest.approx(_psnr(photo, chosen), abs=1e-6)
+    with pytest.raises(ValueError, match="@bpp"):
+        rd.get_codec(f"licstore:{tiny_model},{second_model}")
+    with pytest.raises(ValueError, match="unknown codec"):
+        rd.get_codec(f"licstore:{tiny_model},@bpp")

@@ -217,10 +217,10 @@ def main(argv=None) -> None:
         rng.setstate(tuple(ck["rng"][0:1]) + (tuple(ck["rng"][1]),) + tuple(ck["rng"][2:]))
         print(f"resumed at step {step}, {elapsed_before / 3600:.2f} h", flush=True)
     elif args.init_from:
-        from licstore.models.weights import load_float_state
+        from licstore.models.weights import load_float_state, warm_start
 
-        model.load_state_dict(load_float_state(args.init_from), strict=False)
-        print(f"initialised from {args.init_from}", flush=True)
+        loaded, total = warm_start(model, load_float_state(args.init_from))
+        print(f"initialised {loaded} of {total} tensors from {args.init_from}", flush=True)
 
     photos = load_photos(Path(args.data), min_side=args.crop)
     kodak = []

@@ -391,6 +391,20 @@ class IBFE(MeanScaleHyperpriorVR):
         self.g_s = IBFESynthesis(N, M, s, feat, self.FEXM_CONVS, self.DENSE_BLOCKS)
         self.qecm = QECM(M, K, qecm_noise)
 
+    def backbone_key(self, name: str) -> str:
+        """Where a ``mshp-vr`` tensor goes here (for ``weights.warm_start``).
+
+        The backbone's strided analysis stages after its first convolution become
+        ``g_a.rest`` and its synthesis stages before the last one ``g_s.rest``; for ``s = 2``
+        they have the same shapes, so only FExM/FRM, FEnM/inverse FExM and QECM start new.
+        """
+        part, _, rest = name.partition(".")
+        index, _, leaf = rest.partition(".")
+        if part not in ("g_a", "g_s") or not index.isdigit():
+            return name
+        i = int(index) - (1 if part == "g_a" else 0)
+        return f"{part}.rest.{i}.{leaf}" if 0 <= i < len(getattr(self, part).rest) else name
+
     def to(self, *args, **kwargs):
         """``channels_last`` (as ``tools/train.py`` asks) for 4D tensors only.
 

@@ -98,6 +98,25 @@ def load_float_state(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     }
 
 
+def warm_start(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> tuple[int, int]:
+    """Load the tensors of ``state`` that fit ``model`` (same name and shape); the rest stay.
+
+    A model built on another's backbone (e.g. ``ibfe`` on ``mshp-vr``) names where the
+    backbone's tensors go with a ``backbone_key(name) -> name`` method. Returns
+    ``(loaded, total)`` tensor counts of the model, so a training log can say how much of
+    the network started trained.
+    """
+    rename = getattr(model, "backbone_key", lambda k: k)
+    own = model.state_dict()
+    fitting = {}
+    for k, v in state.items():
+        k = rename(k)
+        if k in own and own[k].shape == v.shape:
+            fitting[k] = v
+    model.load_state_dict(fitting, strict=False)
+    return len(fitting), len(own)
+
+
 def read_manifest() -> dict:
     if not MANIFEST.exists():
         return {"models": {}}
