@@ -1,0 +1,68 @@
+"""The exact hyper-synthesis: the int8 GEMM path and the float64 path give the same integers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+from licstore import entropy
+from licstore.entropy import ACT_LIMIT, WEIGHT_LIMIT, FixedPointConv, FixedPointHyperSynthesis
+from licstore.models.mshp_vr import SubpelUp
+
+
+def _float64_path(monkeypatch):
+    monkeypatch.setattr(entropy, "int8_matmul_is_exact", lambda: False)
+
+
+@pytest.mark.parametrize(
+    ("bound", "n"), [(1.0, 1), (127.0, 1), (128.0, 2), (32_639.0, 2), (32_640.0, 3), (2.0**40, 6)]
+)
+def test_digits_reconstruct_and_stay_int8(bound, n):
+    g = torch.Generator().manual_seed(1)
+    t = torch.randint(-int(bound), int(bound) + 1, (500,), generator=g, dtype=torch.int64)
+    t[:2] = torch.tensor([-int(bound), int(bound)])
+    digits = entropy._digits(t, bound)
+    assert all(d.dtype == torch.int8 for d in digits)
+    back = sum(d.to(torch.int64) * 256**j for j, d in enumerate(digits))
+    assert torch.equal(back, t)
+    assert len(digits) == n
+
+
+def test_this_machine_has_the_exact_int8_gemm():
+    """Not required for correctness (there is a fallback), but the fast path is expected here."""
+    if not hasattr(torch, "_int_mm"):
+        pytest.skip("this torch build has no torch._int_mm")
+    assert entropy.int8_matmul_is_exact()
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (3, 5), (8, 12)])
+def test_int8_and_float64_paths_agree_at_the_limits(shape, monkeypatch):
+    """Weights at +-WEIGHT_LIMIT, activations at +-ACT_LIMIT, the largest fan-in."""
+    g = torch.Generator().manual_seed(0)
+    cin, k = entropy.MAX_FAN_IN // 9, 3
+    w = torch.randint(-int(WEIGHT_LIMIT), int(WEIGHT_LIMIT) + 1, (6, cin, k, k), generator=g)
+    w[0] = WEIGHT_LIMIT
+    w[1] = -WEIGHT_LIMIT
+    b = torch.randint(-(2**20), 2**20, (6,), generator=g).double()
+    x = torch.randint(-int(ACT_LIMIT), int(ACT_LIMIT) + 1, (2, cin, *shape), generator=g).double()
+    x[0] = ACT_LIMIT
+    fast = FixedPointConv(w.double(), b, 1, relu=False)(x.clone())
+    _float64_path(monkeypatch)
+    slow = FixedPointConv(w.double(), b, 1, relu=False)(x.clone())
+    assert torch.equal(fast, slow)
+    assert fast.abs().max() == ACT_LIMIT  # the clamp was reached: the extremes were exercised
+
+
+def test_hyper_synthesis_is_the_same_on_both_paths(monkeypatch):
+    torch.manual_seed(0)
+    h_s = nn.Sequential(SubpelUp(16, 24), nn.ReLU(), SubpelUp(24, 36), nn.ReLU(),
+                        nn.Conv2d(36, 48, 3, padding=1))  # fmt: skip
+    exact = FixedPointHyperSynthesis.from_float(h_s)
+    z = torch.randint(-40, 41, (3, 16, 5, 7)).float()
+    fast = exact(z)
+    _float64_path(monkeypatch)
+    slow = FixedPointHyperSynthesis.from_float(h_s)(z)
+    for a, b in zip(fast, slow, strict=True):
+        assert np.array_equal(a, b)
