@@ -201,3 +201,27 @@ def test_warm_start_from_the_backbone_keeps_its_transform_stages():
     # the first analysis / last synthesis layer have no place here: FExM and FEnM start new
     assert "g_a.0.weight" not in state and 0 < loaded < total
     assert model.backbone_key("g_s.6.weight") == "g_s.6.weight"
+
+
+@pytest.mark.parametrize(("fenm", "qecm"), [(False, False), (True, False), (False, True)])
+def test_ablation_variants_train_and_code(fenm, qecm, photo, tmp_path):
+    """Table V's steps: backbone + FExM/FRM, + FEnM, + QECM are configurations of ``ibfe``."""
+    from licstore.models.weights import export
+
+    torch.manual_seed(0)
+    kwargs = {"N": 8, "M": 12, "fenm": fenm, "qecm": qecm}
+    model = model_class("ibfe")(**kwargs).train()
+    names = [n for n, _ in model.named_parameters()]
+    assert any(n.startswith("g_s.fenm.") for n in names) == fenm
+    assert any(n.startswith("qecm.") for n in names) == qecm
+    out = model(torch.rand(2, 3, 64, 64), torch.tensor([1.0, 5.0]))
+    assert ("fenm_loss" in out) == fenm
+    loss = out["x_hat"].pow(2).mean() - sum(lk.log2().mean() for lk in out["likelihoods"].values())
+    loss.backward()
+    model.eval().freeze()
+    path = tmp_path / "variant.safetensors"
+    name = f"tiny-ibfe-{int(fenm)}{int(qecm)}"
+    export(model, path, {"name": name, "architecture": "ibfe", "arch_kwargs": json.dumps(kwargs)})
+    name = licstore.models.register_weights(path)
+    data = licstore.encode(photo, quality=4, model=name)
+    assert np.asarray(licstore.decode(data)).shape == photo.shape

@@ -345,13 +345,14 @@ class IBFESynthesis(nn.Module):
     """``g_s``: the backbone's strided stages up to ``1/s`` -> FEnM -> inverse FExM."""
 
     def __init__(self, N: int, M: int, s: int, feat: int, fexm_convs: int, dense_blocks: int):
+        """``dense_blocks = 0``: no FEnM (the ablation "backbone + FExM/FRM")."""
         super().__init__()
         stages = 4 - int(math.log2(s))
         layers: list[nn.Module] = []
         for i in range(stages):
             layers += [_deconv(M if i == 0 else N, N), GDN(N, inverse=True)]
         self.rest = nn.Sequential(*layers)
-        self.fenm = FEnM(N, dense_blocks)
+        self.fenm = FEnM(N, dense_blocks) if dense_blocks else nn.Identity()
         self.inv_fexm = InverseFExM(N, feat, s, fexm_convs)
 
     def features(self, y_hat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -381,15 +382,19 @@ class IBFE(MeanScaleHyperpriorVR):
         feat: int | None = None,
         K: int = 5,
         qecm_noise: float = 0.0,
+        fenm: bool = True,
+        qecm: bool = True,
     ):
+        """``fenm`` / ``qecm`` False drop those modules (seed 000's Table V ablation)."""
         if s not in (2, 4, 8):
             raise ValueError(f"sub-image factor s must be 2, 4 or 8, got {s}")
         super().__init__(N=N, M=M, levels=levels)
         self.s = s
         self.feat = feat = feat or max(N // 4, 1)
         self.g_a = IBFEAnalysis(N, M, s, feat, self.FEXM_CONVS, self.HEAD_CONVS, self.CASCADE)
-        self.g_s = IBFESynthesis(N, M, s, feat, self.FEXM_CONVS, self.DENSE_BLOCKS)
-        self.qecm = QECM(M, K, qecm_noise)
+        self.g_s = IBFESynthesis(N, M, s, feat, self.FEXM_CONVS, self.DENSE_BLOCKS * fenm)
+        self.has_fenm = fenm
+        self.qecm = QECM(M, K, qecm_noise) if qecm else None
 
     def backbone_key(self, name: str) -> str:
         """Where a ``mshp-vr`` tensor goes here (for ``weights.warm_start``).
@@ -422,6 +427,8 @@ class IBFE(MeanScaleHyperpriorVR):
     # -- training forward -----------------------------------------------------
     def _noise(self, y_hat: torch.Tensor) -> torch.Tensor | None:
         """QECM dither in step units: random in training, the decoder's fixed draw in eval."""
+        if self.qecm is None:
+            return None
         n = self.qecm.draw_noise((1, *y_hat.shape[1:]), reproducible=not self.training)
         return None if n is None else n.to(y_hat.device, y_hat.dtype).expand_as(y_hat)
 
@@ -438,26 +445,28 @@ class IBFE(MeanScaleHyperpriorVR):
         with torch.autocast(device_type=x.device.type, enabled=False):
             scales, means = params.float().chunk(2, 1)
             step = self.steps(r)
-            u = self.qecm.compensate((y - means) / step)
+            u = (y - means) / step
+            u = u if self.qecm is None else self.qecm.compensate(u)
             u_q = u + torch.empty_like(u).uniform_(-0.5, 0.5) if self.training else torch.round(u)
             gc = self.gaussian_conditional
             y_likelihoods = gc.likelihood_lower_bound(gc._likelihood(u_q, scales / step))
             y_hat = quantize_ste(u) * step + means
-            y_hat = self.qecm.decompensate(y_hat, step, self._noise(y_hat))
+            if self.qecm is not None:
+                y_hat = self.qecm.decompensate(y_hat, step, self._noise(y_hat))
         x_hat, enhanced = self.g_s.features(y_hat)
         # Eq. 16; the target is detached so the loss trains the decoder to recover the
         # encoder's feature rather than shrinking that feature
-        fenm_loss = F.mse_loss(enhanced.float(), refined.detach().float())
-        return {
-            "x_hat": x_hat,
-            "likelihoods": {"y": y_likelihoods, "z": z_likelihoods},
-            "fenm_loss": fenm_loss,
-        }
+        out = {"x_hat": x_hat, "likelihoods": {"y": y_likelihoods, "z": z_likelihoods}}
+        if self.has_fenm:
+            out["fenm_loss"] = F.mse_loss(enhanced.float(), refined.detach().float())
+        return out
 
     # -- inference: QECM's decoder block on the exact y_hat -------------------
     @torch.no_grad()
     def _decompensate(self, y_hat: torch.Tensor, rate: int) -> torch.Tensor:
         """Float64 on the CPU, rounded once to float32: identical on encoder and decoder."""
+        if self.qecm is None:
+            return y_hat
         step = torch.from_numpy(np.asarray(self._steps(rate), dtype=np.float64))
         step = step[None, :, None, None]
         noise = self.qecm.draw_noise(tuple(y_hat.shape), reproducible=True)
