@@ -252,7 +252,7 @@ def licstore_codec(
     """Adapter for a licstore model through the public API: quality levels 1..8, or with
     ``by_bpp`` (codec ``licstore:MODEL@bpp``) ``bpp=`` targets given in hundredths.
 
-    Several models (``licstore:A,B@bpp``) are seed 001's rate control by model switching:
+    Several models (``licstore:A|B@bpp``) are seed 001's rate control by model switching:
     per image and target the encoder keeps the best of their bitstreams. Their quality
     levels are not comparable, so a model list needs ``by_bpp``.
 
@@ -266,7 +266,7 @@ def licstore_codec(
     if len(models) > 1 and not by_bpp:
         raise ValueError("several models are chosen between by bpp= targets: add '@bpp'")
     choice = models[0] if len(models) == 1 else models
-    model = ",".join(models)
+    model = "|".join(models)
 
     def encode(img: Image.Image, quality: int) -> bytes:
         import licstore
@@ -291,7 +291,7 @@ def licstore_codec(
 def get_codec(name: str) -> Codec:
     """Resolve a codec name: a key of :data:`CODECS` or ``licstore:<model>[+hevc][@bpp]``
     (``+hevc``: with the residual enhancement layer; ``@bpp``: sweep bpp targets;
-    ``<model>`` may be ``A,B,...`` with ``@bpp``: per-image model switching)."""
+    ``<model>`` may be ``A|B|...`` with ``@bpp``: per-image model switching)."""
     if name in CODECS:
         return CODECS[name]
     if name.startswith("licstore:") and len(name) > len("licstore:"):
@@ -303,7 +303,7 @@ def get_codec(name: str) -> Codec:
                 raise ValueError(
                     f"unknown codec {name!r}: after '+' comes a residual layer, one of {RESIDUALS}"
                 )
-        models = model.split(",")
+        models = model.split("|")
         if not all(models) or "@" in model:
             raise ValueError(f"unknown codec {name!r}: expected licstore:<model>[+hevc][@bpp]")
         if len(models) > 1 and not by_bpp:
@@ -717,7 +717,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--codecs",
         default=DEFAULT_CODECS,
-        help=f"comma-separated: {', '.join(CODECS)}, licstore:MODEL (default: {DEFAULT_CODECS})",
+        help=f"comma-separated: {', '.join(CODECS)}, licstore:MODEL[+hevc][@bpp], "
+        f"licstore:A|B@bpp (model switching) (default: {DEFAULT_CODECS})",
     )
     ap.add_argument("--limit", type=int, default=None, help="use only the first N images")
     ap.add_argument(

@@ -108,7 +108,7 @@ def test_rd_sweeps_model_switching_by_bpp(tiny_model, second_model, photo):
 
     from licstore import rd
 
-    name = f"licstore:{tiny_model},{second_model}@bpp"
+    name = f"licstore:{tiny_model}|{second_model}@bpp"
     result = rd.evaluate(
         [("photo", Image.fromarray(photo))], [name], {name: [150]},
         compute_ms_ssim=False, log=None,
@@ -118,6 +118,6 @@ def test_rd_sweeps_model_switching_by_bpp(tiny_model, second_model, photo):
     assert point["bpp"] == pytest.approx(len(chosen) * 8 / (photo.shape[0] * photo.shape[1]))
     assert point["psnr"] == pytest.approx(_psnr(photo, chosen), abs=1e-6)
     with pytest.raises(ValueError, match="@bpp"):
-        rd.get_codec(f"licstore:{tiny_model},{second_model}")
+        rd.get_codec(f"licstore:{tiny_model}|{second_model}")
     with pytest.raises(ValueError, match="unknown codec"):
-        rd.get_codec(f"licstore:{tiny_model},@bpp")
+        rd.get_codec(f"licstore:{tiny_model}|@bpp")
