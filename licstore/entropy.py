@@ -38,6 +38,9 @@ _ONE = float(1 << FRAC_BITS)
 ACT_LIMIT = float(1 << (FRAC_BITS + 10))
 WEIGHT_LIMIT = float(1 << (FRAC_BITS + 4))
 MAX_FAN_IN = 1 << 12
+#: rows of a layer's im2col matrix (zero taps of masked kernels included): keeps the int8
+#: path's int32 sums exact (128 * 128 * MAX_COLUMNS < 2**31)
+MAX_COLUMNS = 1 << 13
 #: decoded symbols beyond this magnitude only come from corrupt streams
 SYMBOL_LIMIT = 1 << 15
 
@@ -54,21 +57,29 @@ def _digits(t: torch.Tensor, bound: float) -> list[torch.Tensor]:
     rest = t.to(torch.int64)
     out = []
     for _ in range(n):
-        d = torch.remainder(rest + 128, 256) - 128
+        d = ((rest + 128) & 255) - 128  # two's complement: the balanced remainder
         out.append(d.to(torch.int8))
-        rest = (rest - d) // 256
+        rest = (rest - d) >> 8  # exact: rest - d is a multiple of 256
     return out
 
 
 def _int8_matmul(w_digits: list[torch.Tensor], x_digits: list[torch.Tensor]) -> torch.Tensor:
-    """``W @ X`` exactly (int64) from digit matrices, as one int8 GEMM with int32 sums."""
+    """``W @ X`` exactly (int64) from digit matrices, as one int8 GEMM with int32 sums.
+
+    Products of equal weight ``256**k`` are summed in int32 (at most 3 of them, each below
+    ``2**27``), then Horner's rule in int64 puts the ``k`` together.
+    """
     rows, cols = w_digits[0].shape[0], x_digits[0].shape[1]
-    prod = torch._int_mm(torch.cat(w_digits), torch.cat(x_digits, 1)).to(torch.int64)
+    prod = torch._int_mm(torch.cat(w_digits), torch.cat(x_digits, 1))
     prod = prod.reshape(len(w_digits), rows, len(x_digits), cols)
-    acc = torch.zeros(rows, cols, dtype=torch.int64)
+    groups: list[torch.Tensor | None] = [None] * (len(w_digits) + len(x_digits) - 1)
     for i in range(len(w_digits)):
         for j in range(len(x_digits)):
-            acc += prod[i, :, j] << (8 * (i + j))
+            g = groups[i + j]
+            groups[i + j] = prod[i, :, j] if g is None else g + prod[i, :, j]
+    acc = groups[-1].to(torch.int64)
+    for g in reversed(groups[:-1]):
+        acc = (acc << 8).add_(g)
     return acc
 
 
@@ -80,7 +91,7 @@ def int8_matmul_is_exact() -> bool:
     inexact product would change entropy parameters, so such machines (and torch builds
     without ``torch._int_mm``) use the float64 path. Both paths compute the same integers.
     """
-    k = MAX_FAN_IN
+    k = MAX_COLUMNS
     cases = [(-128, -128), (127, -128), (-128, 127), (127, 127)]
     try:
         for a, b in cases:
@@ -163,10 +174,11 @@ class FixedPointHyperSynthesis:
             if not isinstance(conv, nn.Conv2d) or conv.stride != (1, 1):
                 raise TypeError(f"cannot convert {type(mod).__name__} to fixed point")
             upsample = 2 if conv is not mod else 1
-            w = torch.round(conv.weight.detach().double() * _ONE)
+            weight = getattr(conv, "masked_weight", conv.weight)  # e.g. a checkerboard mask
+            w = torch.round(weight.detach().double() * _ONE)
             b = torch.round(conv.bias.detach().double() * _ONE)
-            if w.abs().max() > WEIGHT_LIMIT or w[0].numel() > MAX_FAN_IN:
-                raise ValueError("hyper-synthesis weights out of the exact fixed-point range")
+            if not _in_exact_range(w):
+                raise ValueError("fixed-point weights out of the exact range")
             layers.append(FixedPointConv(w, b, upsample, relu=False))
         return cls(layers)
 
@@ -192,7 +204,7 @@ class FixedPointHyperSynthesis:
             w = state[f"{prefix}{i}.weight"].double()
             b = state[f"{prefix}{i}.bias"].double()
             up, relu = (int(v) for v in state[f"{prefix}{i}.config"])
-            if w.abs().max() > WEIGHT_LIMIT or w[0].numel() > MAX_FAN_IN:
+            if not _in_exact_range(w):
                 raise ValueError("fixed-point weights out of range")
             layers.append(FixedPointConv(w, b, up, bool(relu)))
             i += 1
@@ -200,13 +212,37 @@ class FixedPointHyperSynthesis:
             raise KeyError(f"no fixed-point layers under {prefix!r}")
         return cls(layers)
 
-    def __call__(self, z_hat: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-        """``z_hat`` (float32, exact values) -> (scales, means) as exact float64 arrays."""
-        x = torch.round(z_hat.detach().cpu().double().clamp(-1024, 1024) * _ONE)
+    def fixed(self, x: torch.Tensor) -> torch.Tensor:
+        """Fixed-point (integer-valued float64) activations in and out."""
         for layer in self.layers:
             x = layer(x)
-        scales, means = (t.numpy() / _ONE for t in x.chunk(2, 1))
-        return np.ascontiguousarray(scales), np.ascontiguousarray(means)
+        return x
+
+    def __call__(self, z_hat: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """``z_hat`` (float32, exact values) -> (scales, means) as exact float64 arrays."""
+        return split_parameters(self.fixed(to_fixed(z_hat)))
+
+
+def to_fixed(t: torch.Tensor) -> torch.Tensor:
+    """Exact float32 values -> fixed-point integers (float64), clamped to +-1024."""
+    return torch.round(t.detach().cpu().double().clamp(-1024, 1024) * _ONE)
+
+
+def split_parameters(x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Fixed-point [B, 2M, h, w] -> (scales, means), exact float64 arrays."""
+    scales, means = (t.numpy() / _ONE for t in x.chunk(2, 1))
+    return np.ascontiguousarray(scales), np.ascontiguousarray(means)
+
+
+def _in_exact_range(w: torch.Tensor) -> bool:
+    """Weights whose every partial sum stays exact: magnitude, non-zero fan-in, columns."""
+    rows = w.reshape(w.shape[0], -1)
+    fan_in = int((rows != 0).sum(1).max()) if rows.numel() else 0
+    return (
+        bool(rows.abs().max() <= WEIGHT_LIMIT)
+        and fan_in <= MAX_FAN_IN
+        and (rows.shape[1] <= MAX_COLUMNS)
+    )
 
 
 #: below the lowest trained level the step grows linearly: x(1 + EXTRAPOLATION * -r)

@@ -41,7 +41,7 @@ def test_this_machine_has_the_exact_int8_gemm():
 def test_int8_and_float64_paths_agree_at_the_limits(shape, monkeypatch):
     """Weights at +-WEIGHT_LIMIT, activations at +-ACT_LIMIT, the largest fan-in."""
     g = torch.Generator().manual_seed(0)
-    cin, k = entropy.MAX_FAN_IN // 9, 3
+    cin, k = entropy.MAX_FAN_IN // 9, 3  # the largest dense fan-in
     w = torch.randint(-int(WEIGHT_LIMIT), int(WEIGHT_LIMIT) + 1, (6, cin, k, k), generator=g)
     w[0] = WEIGHT_LIMIT
     w[1] = -WEIGHT_LIMIT

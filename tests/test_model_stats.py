@@ -64,3 +64,17 @@ def test_cli_models_stats(capsys, tmp_path):
     assert "| mshp-vr (mshp-vr) |" in captured.out and "resgdn-vr" in captured.out
     assert "skipped tiny-broken" in captured.err and "tiny-broken" not in captured.out
     assert cli.main(["models", "--stats", "--size", "big"]) == 2
+
+
+def test_context_model_is_counted_on_both_sides():
+    from licstore.models.mshp_ckbd import CheckerboardHyperpriorVR
+
+    s = stats.measure(CheckerboardHyperpriorVR(N=8, M=12), height=64, width=64)
+    by = {t.name: t for t in s.transforms}
+    assert [t.name for t in s.transforms] == ["g_a", "h_a", "h_s", "context", "g_s"]
+    # 4x4 latents: the 5x5 context conv (12 -> 12) once, three 1x1 layers twice
+    ep = 36 * 24 + 24 * 24 + 24 * 24
+    assert by["context"].macs == 16 * (12 * 12 * 25 + 2 * ep)
+    assert by["context"].params == 12 * 12 * 25 + 12 + ep + 3 * 24
+    assert s.decode_macs == by["h_s"].macs + by["context"].macs + by["g_s"].macs
+    assert s.encode_macs == sum(by[n].macs for n in ("g_a", "h_a", "h_s", "context"))

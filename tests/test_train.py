@@ -37,6 +37,7 @@ def _events(run: Path) -> list[dict]:
 CASES = [
     ("mshp-vr", {"N": 8, "M": 12}, 64),
     ("resnet-subpixel", {"N": 8, "M": 12}, 64),
+    ("mshp-ckbd", {"N": 8, "M": 12}, 64),
     ("resgdn-vr", {"N": 8, "M": 2}, 128),  # MS-SSIM's 4 scales need 128-pixel crops
 ]
 

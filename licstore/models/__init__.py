@@ -19,6 +19,7 @@ from ..errors import ModelNotFoundError, WeightsIntegrityError
 from . import (  # noqa: F401  (the architecture modules register themselves)
     compressai_zoo,
     ibfe,
+    mshp_ckbd,
     mshp_vr,
     resgdn_vr,
     resnet_subpixel,

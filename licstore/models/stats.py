@@ -18,8 +18,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from .registry import model_class
 
-#: transforms in the order an image passes through them
-TRANSFORMS = ("g_a", "h_a", "h_s", "g_s")
+#: transforms in the order an image passes through them; "context" is a model's
+#: ``context_transform(y, hyper)`` (e.g. mshp-ckbd's two passes), run by both sides
+TRANSFORMS = ("g_a", "h_a", "h_s", "context", "g_s")
 
 
 @dataclass(frozen=True)
@@ -43,15 +44,15 @@ class ModelStats:
 
     @property
     def encode_macs(self) -> int:
-        return self._sum(("g_a", "h_a", "h_s"), "macs")
+        return self._sum(("g_a", "h_a", "h_s", "context"), "macs")
 
     @property
     def decode_macs(self) -> int:
-        return self._sum(("h_s", "g_s"), "macs")
+        return self._sum(("h_s", "context", "g_s"), "macs")
 
     @property
     def decode_params(self) -> int:
-        return self._sum(("h_s", "g_s"), "params")
+        return self._sum(("h_s", "context", "g_s"), "params")
 
     def as_dict(self) -> dict:
         d = asdict(self)
@@ -77,8 +78,16 @@ def measure(
     model = model.eval()
     x = torch.zeros(1, 3, height, width)
     rows: list[TransformStats] = []
-    y = z = None
+    y = z = hyper = None
     for name in TRANSFORMS:
+        if name == "context":
+            fn = getattr(model, "context_transform", None)
+            if fn is None or hyper is None:
+                continue
+            macs, _ = _macs(fn, y, hyper)
+            params = sum(p.numel() for m in model.context_modules() for p in m.parameters())
+            rows.append(TransformStats(name, params, macs))
+            continue
         module = getattr(model, name, None)
         if not isinstance(module, nn.Module):
             continue
@@ -90,6 +99,8 @@ def measure(
             y = out
         elif name == "h_a":
             z = out
+        elif name == "h_s":
+            hyper = out
         rows.append(TransformStats(name, sum(p.numel() for p in module.parameters()), macs))
     return ModelStats(
         architecture=getattr(model, "architecture", type(model).__name__),

@@ -25,7 +25,7 @@ from ..errors import WeightsIntegrityError
 WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
 MANIFEST = WEIGHTS_DIR / "manifest.json"
 #: parameters of these submodules are stored in fp16 (they never enter the exact path)
-FP16_PREFIXES = ("g_a.", "g_s.", "h_a.")
+FP16_PREFIXES = ("g_a.", "g_s.", "h_a.", "context.", "entropy_parameters.")
 #: float parameters not stored at all: the exact (fixed-point) copy replaces them
 EXACT_ONLY_PREFIXES = ("h_s.",)
 
