@@ -19,6 +19,7 @@ file, so no machine recomputes them.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -89,8 +90,11 @@ def int8_matmul_is_exact() -> bool:
 
     Some int8 kernels (e.g. without AVX-512 VNNI) saturate 16-bit intermediate sums; an
     inexact product would change entropy parameters, so such machines (and torch builds
-    without ``torch._int_mm``) use the float64 path. Both paths compute the same integers.
+    without ``torch._int_mm``) use the float64 path. Both paths compute the same integers;
+    ``LICSTORE_EXACT_MATMUL=float64`` forces the float64 one.
     """
+    if os.environ.get("LICSTORE_EXACT_MATMUL") == "float64":  # forced, e.g. to compare paths
+        return False
     k = MAX_COLUMNS
     cases = [(-128, -128), (127, -128), (-128, 127), (127, 127)]
     try:

@@ -29,15 +29,17 @@ def load_tool():
     return lambda name: _load_script(name if name.endswith(".py") else f"tools/{name}.py")
 
 
-def make_tiny_weights(path: Path, name: str = "tiny-test", seed: int = 0) -> Path:
-    """Export a small random mshp-vr (fast to run) as a weights file."""
-    from licstore.models.mshp_vr import MeanScaleHyperpriorVR
+def make_tiny_weights(
+    path: Path, name: str = "tiny-test", seed: int = 0, architecture: str = "mshp-vr"
+) -> Path:
+    """Export a small random mshp-vr (fast to run), or another hyperprior, as a weights file."""
+    from licstore.models.registry import model_class
     from licstore.models.weights import export
 
     torch.manual_seed(seed)
-    model = MeanScaleHyperpriorVR(N=16, M=24).eval()
+    model = model_class(architecture)(N=16, M=24).eval()
     model.freeze()
-    meta = {"name": name, "architecture": "mshp-vr", "arch_kwargs": '{"N": 16, "M": 24}'}
+    meta = {"name": name, "architecture": architecture, "arch_kwargs": '{"N": 16, "M": 24}'}
     export(model, path, meta)
     return path
 

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
 import sys
 import textwrap
 
 import numpy as np
+import pytest
 
 ENCODE = textwrap.dedent(
     """
@@ -49,18 +51,37 @@ DECODE = textwrap.dedent(
 )
 
 
-def _run(script: str, *args: str, stdin: bytes | None = None) -> bytes:
+def _run(
+    script: str, *args: str, stdin: bytes | None = None, float64_kernel: bool = False
+) -> bytes:
+    env = dict(os.environ)
+    if float64_kernel:
+        env["LICSTORE_EXACT_MATMUL"] = "float64"
     res = subprocess.run(
-        [sys.executable, "-c", script, *args], input=stdin, capture_output=True, check=False
-    )
+        [sys.executable, "-c", script, *args], input=stdin, capture_output=True, check=False,
+        env=env,
+    )  # fmt: skip
     assert res.returncode == 0, res.stderr.decode()[-2000:]
     return res.stdout
 
 
-def test_cross_process_threads_batch_and_precision(tiny_weights_path):
-    data = _run(ENCODE, str(tiny_weights_path))
-    a = json.loads(_run(DECODE, str(tiny_weights_path), "1", "1", "fp32", stdin=data))
-    b = json.loads(_run(DECODE, str(tiny_weights_path), "2", "2", "bf16", stdin=data))
+@pytest.fixture(scope="module", params=["mshp-vr", "mshp-ckbd"])
+def weights_path(request, tiny_weights_path, tmp_path_factory):
+    if request.param == "mshp-vr":
+        return tiny_weights_path
+    from conftest import make_tiny_weights
+
+    path = tmp_path_factory.mktemp("w") / f"{request.param}.safetensors"
+    return make_tiny_weights(path, f"tiny-{request.param}", architecture=request.param)
+
+
+def test_cross_process_threads_batch_precision_and_kernel(weights_path):
+    """The second decoder also computes the exact path with the float64 kernel."""
+    data = _run(ENCODE, str(weights_path))
+    a = json.loads(_run(DECODE, str(weights_path), "1", "1", "fp32", stdin=data))
+    b = json.loads(
+        _run(DECODE, str(weights_path), "2", "2", "bf16", stdin=data, float64_kernel=True)
+    )
     assert a["latents"] == b["latents"]
     pa, pb = np.array(a["pixels"], np.int16), np.array(b["pixels"], np.int16)
     assert pa.shape == pb.shape == (72, 100, 3)
