@@ -1,9 +1,10 @@
 #!/usr/bin/env python
-"""Speed and memory of the default model next to classical codecs, on Kodak.
+"""Speed and memory of licstore models next to classical codecs, on Kodak.
 
-    python tools/bench.py [--images DIR] [--limit N] [--model NAME] [--threads 2]
+    python tools/bench.py [--images DIR] [--limit N] [--models A,B,...] [--threads 2]
 
-Prints a markdown table (paste it into BENCHMARKS.md with the command line):
+Prints a markdown table, one column per model (paste it into BENCHMARKS.md with the
+command line):
 encode time (quality target and bpp target), decode time split into the exact latent
 path and the synthesis, fp32 vs bf16 synthesis, batch 1 vs batched decoding, images/s,
 peak resident memory of a decode-only process, and JPEG / WebP / HEVC decode times.
@@ -83,31 +84,17 @@ def classical_decode_times(images: list[Image.Image]) -> dict[str, float]:
     return out
 
 
-def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    ap.add_argument("--images", default=str(ROOT.parent / "shared/data/kodak"))
-    ap.add_argument("--limit", type=int, default=8)
-    ap.add_argument("--model", default=None)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--json", help="also write the raw numbers here")
-    args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads)
-
-    files = sorted(Path(args.images).glob("*.png"))[: args.limit]
-    if not files:
-        raise SystemExit(f"no PNG images in {args.images}")
-    images = [Image.open(f).convert("RGB") for f in files]
-    net = licstore.models.load(args.model)
-    licstore.decode(licstore.encode(images[0], model=args.model))  # warm-up
+def measure_model(model: str | None, images: list[Image.Image]) -> dict[str, float]:
+    """Encode, decode and memory figures of one model on ``images``."""
+    net = licstore.models.load(model)
+    licstore.decode(licstore.encode(images[0], model=model))  # warm-up
 
     rows: dict[str, float] = {}
     datas = []
     t_q, t_bpp = [], []
     for im in images:
-        t_q.append(timed(lambda im=im: datas.append(licstore.encode(im, model=args.model))))
-        t_bpp.append(timed(lambda im=im: licstore.encode(im, model=args.model, bpp=0.5)))
+        t_q.append(timed(lambda im=im: datas.append(licstore.encode(im, model=model))))
+        t_bpp.append(timed(lambda im=im: licstore.encode(im, model=model, bpp=0.5)))
     rows["encode, quality=4 (s/img)"] = statistics.mean(t_q)
     rows["encode, bpp=0.5 rate control (s/img)"] = statistics.mean(t_bpp)
     rows["rate control cost (x plain encode)"] = statistics.mean(t_bpp) / statistics.mean(t_q)
@@ -132,23 +119,58 @@ def main(argv=None) -> None:
     import pickle
 
     pkl.write_bytes(pickle.dumps(datas))
-    for prec in ("fp32", "bf16"):
-        rows[f"peak RSS, decode-only process, {prec} (MiB)"] = peak_rss_decode(pkl, prec)
-    pkl.unlink()
+    try:
+        for prec in ("fp32", "bf16"):
+            rows[f"peak RSS, decode-only process, {prec} (MiB)"] = peak_rss_decode(pkl, prec)
+    finally:
+        pkl.unlink()
     rows["peak RSS, this benchmark process (MiB)"] = (
         resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     )
-    for name, t in classical_decode_times(images).items():
-        rows[f"{name} decode (s/img)"] = t
+    return rows
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--images", default=str(ROOT.parent / "shared/data/kodak"))
+    ap.add_argument("--limit", type=int, default=8)
+    ap.add_argument(
+        "--models", "--model", default="", help="comma-separated model names (default model)"
+    )
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--json", help="also write the raw numbers here")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+
+    files = sorted(Path(args.images).glob("*.png"))[: args.limit]
+    if not files:
+        raise SystemExit(f"no PNG images in {args.images}")
+    images = [Image.open(f).convert("RGB") for f in files]
+    names = [m for m in args.models.split(",") if m] or [None]
+    columns: dict[str, dict[str, float]] = {}
+    for name in names:
+        net = licstore.models.load(name)
+        columns[f"{net.name}@{net.weights_sha256[:8]}"] = measure_model(name, images)
+    classical = classical_decode_times(images)
 
     print(
-        f"model {net.name}@{net.weights_sha256[:8]}, {len(images)} images from {args.images}, "
-        f"{args.threads} threads, torch {torch.__version__}"
+        f"{len(images)} images from {args.images}, {args.threads} threads, "
+        f"torch {torch.__version__}"
     )
-    print("| measure | value |\n|---|---|")
-    for k, v in rows.items():
-        print(f"| {k} | {v:.3f} |")
+    print("| measure | " + " | ".join(columns) + " |")
+    print("|---|" + "---:|" * len(columns))
+    for key in next(iter(columns.values())):
+        print(f"| {key} | " + " | ".join(f"{c[key]:.3f}" for c in columns.values()) + " |")
+    for key, t in classical.items():
+        print(f"| {key} decode (s/img) | {t:.3f} |" + " |" * (len(columns) - 1))
     if args.json:
+        rows = next(iter(columns.values())) if len(columns) == 1 else columns
+        if len(columns) == 1:
+            rows = {**rows, **{f"{k} decode (s/img)": v for k, v in classical.items()}}
+        else:
+            rows = {"models": columns, "classical decode (s/img)": classical}
         Path(args.json).write_text(json.dumps(rows, indent=2))
 
 

@@ -1,0 +1,37 @@
+"""tools/bench.py runs end to end (tiny models, two small photos): the table and the JSON."""
+
+from __future__ import annotations
+
+import json
+
+from PIL import Image
+
+
+def test_bench_compares_models(tiny_model, photo, tmp_path, load_tool, capsys, monkeypatch):
+    import os
+
+    from conftest import make_tiny_weights
+
+    import licstore
+
+    path = make_tiny_weights(tmp_path / "b.safetensors", "tiny-bench-b", seed=3)
+    other = licstore.models.register_weights(path)
+    # the decode-only memory probe runs in a fresh process: it finds models as users' do
+    monkeypatch.setenv(
+        "LICSTORE_WEIGHTS", os.pathsep.join([os.environ["LICSTORE_WEIGHTS"], str(path)])
+    )
+    for i in range(2):
+        Image.fromarray(photo).rotate(90 * i, expand=True).save(tmp_path / f"{i}.png")
+    out = tmp_path / "bench.json"
+    load_tool("bench").main([
+        "--images", str(tmp_path), "--models", f"{tiny_model},{other}", "--threads", "1",
+        "--json", str(out),
+    ])  # fmt: skip
+    table = capsys.readouterr().out
+    assert f"| measure | {tiny_model}@" in table and f"{other}@" in table
+    result = json.loads(out.read_text())
+    assert len(result["models"]) == 2
+    for rows in result["models"].values():
+        assert rows["decode end to end, fp32, batch 1 (img/s)"] > 0
+        assert rows["peak RSS, decode-only process, bf16 (MiB)"] > 10
+    assert set(result["classical decode (s/img)"]) == {"JPEG q75", "WebP q75 m6", "HEVC 4:4:4 q50"}
