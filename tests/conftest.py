@@ -38,6 +38,10 @@ def make_tiny_weights(
 
     torch.manual_seed(seed)
     model = model_class(architecture)(N=16, M=24).eval()
+    if hasattr(model, "entropy_parameters"):  # mshp-ckbd: a context that changes the code
+        with torch.no_grad():
+            model.context.weight.mul_(20)
+            model.entropy_parameters[-1].weight.normal_(0, 0.05)
     model.freeze()
     meta = {"name": name, "architecture": architecture, "arch_kwargs": '{"N": 16, "M": 24}'}
     export(model, path, meta)

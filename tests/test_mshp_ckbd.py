@@ -21,13 +21,32 @@ def tiny_ckbd(tmp_path_factory) -> str:
     torch.manual_seed(0)
     kwargs = {"N": 16, "M": 24}
     model = CheckerboardHyperpriorVR(**kwargs).eval()
-    with torch.no_grad():  # a context that matters: random init is tiny next to the hyperprior
-        model.context.weight.mul_(20)
+    _wake(model)
     model.freeze()
     path = tmp_path_factory.mktemp("w") / "ckbd.safetensors"
     meta = {"name": "tiny-ckbd", "architecture": "mshp-ckbd", "arch_kwargs": json.dumps(kwargs)}
     export(model, path, meta)
     return licstore.models.register_weights(path)
+
+
+def _wake(model: CheckerboardHyperpriorVR) -> None:
+    """Non-zero context corrections (at init they are zero: the model is its backbone)."""
+    with torch.no_grad():
+        model.context.weight.mul_(20)
+        model.entropy_parameters[-1].weight.normal_(0, 0.05)
+
+
+def test_warm_started_model_starts_as_its_backbone():
+    from licstore.models.weights import warm_start
+
+    torch.manual_seed(0)
+    backbone = MeanScaleHyperpriorVR(N=16, M=24).eval()
+    model = CheckerboardHyperpriorVR(N=16, M=24).eval()
+    warm_start(model, backbone.state_dict())
+    x, r = torch.rand(1, 3, 64, 64), torch.tensor([2.0])
+    a, b = backbone(x, r), model(x, r)
+    assert torch.allclose(a["x_hat"], b["x_hat"], atol=1e-6)
+    assert torch.allclose(a["likelihoods"]["y"], b["likelihoods"]["y"], atol=1e-6)
 
 
 def test_non_anchor_context_reads_anchors_only():
@@ -46,6 +65,7 @@ def test_non_anchor_context_reads_anchors_only():
 def test_training_forward_reaches_the_context_networks():
     torch.manual_seed(0)
     model = CheckerboardHyperpriorVR(N=16, M=24).train()
+    _wake(model)
     x = torch.rand(2, 3, 64, 64)
     out = model(x, torch.tensor([0.5, 6.0]))
     assert out["x_hat"].shape == x.shape and set(out["likelihoods"]) == {"y", "z"}

@@ -14,6 +14,10 @@ copy is exact, and every layer is an integer convolution with ReLU. Anchor param
 not depend on the rate (the context of an anchor is zero), non-anchor parameters do (the
 decoded anchors move with the quantization step).
 
+The entropy-parameter network predicts a *correction* of the hyperprior's (scales, means),
+zero at initialisation, so a model warm-started from ``mshp-vr`` begins exactly where
+``mshp-vr`` is and training can only add what the context knows.
+
 Payload: ``varint(len z) | z | varint(len anchors) | anchor string | non-anchor string``.
 Everything else (transforms, learned per-level steps, ``z``) is ``mshp-vr``'s, so
 ``tools/train.py --init-from`` a ``mshp-vr`` weights file starts all but the two new
@@ -75,6 +79,10 @@ class CheckerboardHyperpriorVR(MeanScaleHyperpriorVR):
             nn.ReLU(inplace=True),
             nn.Conv2d(2 * M, 2 * M, 1),
         )
+        # the network predicts a correction of the hyperprior's (scales, means), zero at
+        # init: warm-started from mshp-vr weights, the model starts as mshp-vr
+        nn.init.zeros_(self.entropy_parameters[-1].weight)
+        nn.init.zeros_(self.entropy_parameters[-1].bias)
 
     def context_modules(self) -> tuple[nn.Module, ...]:
         return (self.context, self.entropy_parameters)
@@ -86,7 +94,9 @@ class CheckerboardHyperpriorVR(MeanScaleHyperpriorVR):
 
     # -- training forward -----------------------------------------------------
     def _params_from(self, hyper: torch.Tensor, ctx: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return self.entropy_parameters(torch.cat([hyper, ctx], 1)).float().chunk(2, 1)
+        """(scales, means): the hyperprior's plus the entropy-parameter network's correction."""
+        delta = self.entropy_parameters(torch.cat([hyper, ctx], 1))
+        return (hyper.float() + delta.float()).chunk(2, 1)
 
     def forward(self, x: torch.Tensor, r: torch.Tensor) -> dict:
         """Two passes as at inference: anchors from the hyperprior, then their context."""
@@ -136,7 +146,8 @@ class CheckerboardHyperpriorVR(MeanScaleHyperpriorVR):
         )
 
     def _exact_parameters(self, hyper: torch.Tensor, ctx: torch.Tensor):
-        return split_parameters(self.exact_parameters.fixed(torch.cat([hyper, ctx], 1)))
+        delta = self.exact_parameters.fixed(torch.cat([hyper, ctx], 1))
+        return split_parameters(hyper + delta)  # integer sum: exact
 
     def _non_anchor_parameters(self, hyper: torch.Tensor, y_hat: torch.Tensor, anchors):
         """Exact (scales, means) from the hyperprior and the decoded anchors of ``y_hat``."""
