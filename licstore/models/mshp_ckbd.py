@@ -118,11 +118,7 @@ class CheckerboardHyperpriorVR(MeanScaleHyperpriorVR):
         with torch.autocast(device_type=dev, enabled=False):
             scales = torch.where(anchors, scales_a, scales_n)
             means = torch.where(anchors, means_a, means_n)
-            u = (y - means) / step
-            u_q = u + torch.empty_like(u).uniform_(-0.5, 0.5) if self.training else torch.round(u)
-            gc = self.gaussian_conditional
-            y_likelihoods = gc.likelihood_lower_bound(gc._likelihood(u_q, scales / step))
-            y_hat = quantize_ste(u) * step + means
+            y_hat, y_likelihoods = self._quantize_y(y, scales, means, step)
         x_hat = self.g_s(y_hat)
         return {"x_hat": x_hat, "likelihoods": {"y": y_likelihoods, "z": z_likelihoods}}
 

@@ -127,16 +127,21 @@ class MeanScaleHyperpriorVR(nn.Module):
         params = self.h_s(z_hat)
         with torch.autocast(device_type=x.device.type, enabled=False):
             scales, means = params.float().chunk(2, 1)
-            step = self.steps(r)
-            u = (y - means) / step
-            # rate proxy: likelihood of u + uniform noise (training) or of round(u) (eval);
-            # GaussianConditional.forward would round its input and cut the rate gradient
-            u_q = u + torch.empty_like(u).uniform_(-0.5, 0.5) if self.training else torch.round(u)
-            gc = self.gaussian_conditional
-            y_likelihoods = gc.likelihood_lower_bound(gc._likelihood(u_q, scales / step))
-            y_hat = quantize_ste(u) * step + means
+            y_hat, y_likelihoods = self._quantize_y(y, scales, means, self.steps(r))
         x_hat = self.g_s(y_hat)
         return {"x_hat": x_hat, "likelihoods": {"y": y_likelihoods, "z": z_likelihoods}}
+
+    def _quantize_y(self, y, scales, means, step) -> tuple[torch.Tensor, torch.Tensor]:
+        """Training-time ``(y_hat, likelihoods)`` of ``y`` on the step grid around ``means``.
+
+        Rate proxy: likelihood of ``u`` + uniform noise (training) or of ``round(u)`` (eval);
+        ``GaussianConditional.forward`` would round its input and cut the rate gradient.
+        """
+        u = (y - means) / step
+        u_q = u + torch.empty_like(u).uniform_(-0.5, 0.5) if self.training else torch.round(u)
+        gc = self.gaussian_conditional
+        y_likelihoods = gc.likelihood_lower_bound(gc._likelihood(u_q, scales / step))
+        return quantize_ste(u) * step + means, y_likelihoods
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
         """Also accepts the entropy models' CDF tables, whatever their current sizes."""
