@@ -100,3 +100,25 @@ def test_outlier_steps_are_recognised(load_tool):
     assert train.is_outlier(30.0, recent, 10.0) and not train.is_outlier(5.0, recent, 10.0)
     assert not train.is_outlier(1e30, recent, 0.0)  # factor 0: only non-finite losses
     assert not train.is_outlier(1e30, recent[:5], 10.0)  # too few steps for a median yet
+
+
+def test_cpu_clock_budget_counts_process_time(photos, tmp_path, load_tool):
+    """``--clock cpu``: the budget is the process's CPU time, and a run keeps its clock."""
+    import time
+
+    train = load_tool("train")
+    run = tmp_path / "run"
+    common = [
+        "--arch-kwargs", json.dumps({"N": 8, "M": 12}), "--data", str(photos),
+        "--kodak", str(tmp_path / "none"), "--out", str(run), "--batch", "1", "--crop", "64",
+        "--threads", "1", "--warmup", "1",
+    ]  # fmt: skip
+    cpu0, wall0 = time.process_time(), time.time()
+    train.main([*common, "--hours", str(1.5 / 3600), "--clock", "cpu"])
+    cpu_used = time.process_time() - cpu0
+    ck = torch.load(run / "last.pt", weights_only=True)
+    assert ck["clock"] == "cpu" and ck["step"] > 0
+    # the budget was spent in CPU time of this process, which photo loading etc. also used
+    assert 1.5 <= ck["elapsed"] <= cpu_used <= time.time() - wall0 + 0.5
+    with pytest.raises(SystemExit, match="--clock cpu"):
+        train.main([*common, "--hours", str(3 / 3600), "--resume"])  # default: wall

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Equal-CPU-time ablations: train each configuration for the same wall time, code Kodak.
+"""Equal-CPU-time ablations: train each configuration for the same CPU time, code Kodak.
 
     python tools/ablate.py --out runs/ablate-seed001 --hours-each 0.25 \\
         --config 'hyperprior-5x5=mshp-vr' \\
@@ -12,9 +12,11 @@ Each ``NAME=ARCH[:JSON kwargs]`` is trained by ``tools/train.py`` in its own pro
 ``tools/export_weights.py``, registered and coded end to end on the evaluation images by
 ``licstore.rd.evaluate`` (real bitstreams, not likelihood estimates). The table gives each
 configuration's BD-rate against the first one (and against HEVC 4:4:4 and WebP when
-``--merge`` brings their points measured on the same images). Runs are sequential: on this
-2-core machine, parallel runs would share the cores unevenly and the "equal time" would
-not be equal work. Writes ``OUT/ablation.json`` and ``OUT/ablation.md``.
+``--merge`` brings their points measured on the same images). Runs are sequential, and
+``--clock cpu`` (the default) budgets each in CPU time of its training process, so other
+work on the machine slows a run down but does not shorten its share (``--clock wall``
+budgets wall time, fair only on an idle machine). Writes ``OUT/ablation.json`` and
+``OUT/ablation.md``.
 """
 
 from __future__ import annotations
@@ -57,11 +59,13 @@ def trained_hours(run: Path) -> float:
     return torch.load(ckpt, map_location="cpu", weights_only=True)["elapsed"] / 3600
 
 
-def train(run: Path, arch: str, kwargs: dict, hours: float, extra: list[str], data: str) -> None:
+def train(
+    run: Path, arch: str, kwargs: dict, hours: float, clock: str, extra: list[str], data: str
+) -> None:
     cmd = [
         sys.executable, str(ROOT / "tools" / "train.py"), "--arch", arch,
         "--arch-kwargs", json.dumps(kwargs), "--out", str(run), "--hours", str(hours),
-        "--data", data, *extra,
+        "--clock", clock, "--data", data, *extra,
     ]  # fmt: skip
     if (run / "last.pt").exists():
         cmd.append("--resume")
@@ -90,7 +94,13 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", required=True, type=Path, help="folder of the runs and the table")
     ap.add_argument("--config", action="append", required=True, help="NAME=ARCH[:JSON kwargs]")
-    ap.add_argument("--hours-each", type=float, required=True, help="training wall time each")
+    ap.add_argument("--hours-each", type=float, required=True, help="training time each")
+    ap.add_argument(
+        "--clock",
+        choices=("cpu", "wall"),
+        default="cpu",
+        help="what --hours-each counts: CPU hours of the training process, or wall hours",
+    )
     ap.add_argument("--train-args", default="--bf16", help="more tools/train.py arguments")
     ap.add_argument("--data", default=str(ROOT.parent / "shared/data/train"))
     ap.add_argument("--images", type=Path, default=rd.DEFAULT_IMAGES, help="evaluation images")
@@ -115,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         run = args.out / name
         t0 = time.time()
         if trained_hours(run) < args.hours_each * 0.999:
-            train(run, arch, kwargs, args.hours_each, extra, args.data)
+            train(run, arch, kwargs, args.hours_each, args.clock, extra, args.data)
         weights = export(run, f"ablate-{name}")
         models.register_weights(weights)
         ck = torch.load(run / "last.pt", map_location="cpu", weights_only=True)
@@ -124,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
             "arch_kwargs": kwargs,
             "steps": ck["step"],
             "hours": ck["elapsed"] / 3600,
+            "clock": ck.get("clock", "wall"),
             "weights": str(weights),
             "session_seconds": time.time() - t0,
         }
@@ -153,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         f"BD-rate vs {a}" for a in anchors
     )
     lines = [
-        f"Equal-time ablation: {args.hours_each} h of training each, "
+        f"Equal-time ablation: {args.hours_each} {args.clock} h of training each, "
         f"{len(images)} images, qualities {args.q}; `{shlex.join(['python', *sys.argv])}`",
         "",
         head + " |",
