@@ -55,7 +55,7 @@ def _digits(t: torch.Tensor, bound: float) -> list[torch.Tensor]:
     n = 1
     while 127 * (256**n - 1) // 255 < bound:
         n += 1
-    rest = t.to(torch.int64)
+    rest = t.to(torch.int32 if bound < 2**30 else torch.int64)  # int32: half the memory
     out = []
     for _ in range(n):
         d = ((rest + 128) & 255) - 128  # two's complement: the balanced remainder
@@ -112,11 +112,20 @@ def int8_matmul_is_exact() -> bool:
         return False
 
 
-def _patches(x: torch.Tensor, k: int) -> torch.Tensor:
-    """im2col of [B, C, h, w] (any dtype, 'same' zero padding) -> [C*k*k, B*h*w]."""
+def _patches(
+    x: torch.Tensor, taps: torch.Tensor, positions: torch.Tensor | None = None
+) -> torch.Tensor:
+    """im2col of [B, C, h, w] (any dtype, 'same' zero padding) -> [C * T, B * n].
+
+    Only the kernel taps set in ``taps`` (bool [k, k], T of them: a masked kernel's zero
+    taps add nothing) and only the output ``positions`` (bool [h, w], n of them; None: all).
+    """
     b, c, h, w = x.shape
-    x = F.pad(x, (k // 2,) * 4).unfold(2, k, 1).unfold(3, k, 1)  # [B, C, h, w, k, k]
-    return x.permute(1, 4, 5, 0, 2, 3).reshape(c * k * k, b * h * w)
+    k = taps.shape[0]
+    x = F.pad(x, (k // 2,) * 4)
+    cols = torch.stack([x[:, :, i : i + h, j : j + w] for i, j in taps.nonzero().tolist()], 2)
+    cols = cols.flatten(3) if positions is None else cols[..., positions]  # [B, C, T, n]
+    return cols.permute(1, 2, 0, 3).reshape(-1, b * cols.shape[-1])
 
 
 @dataclass
@@ -128,36 +137,56 @@ class FixedPointConv:
     upsample: int  # pixel-shuffle factor applied after the convolution (1 = none)
     relu: bool
     _w_digits: list[torch.Tensor] | None = field(default=None, repr=False, compare=False)
+    _w_taps: tuple[torch.Tensor, torch.Tensor] | None = field(
+        default=None, repr=False, compare=False
+    )
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        """Integer-valued float64 activations in and out (``x`` [B, in, h, w])."""
+    def _matrix(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(taps, matrix): the kernel taps with a non-zero weight for some channel (bool
+        [k, k]) and the weights at those taps as [out, in * taps]."""
+        if self._w_taps is None:
+            taps = (self.weight != 0).flatten(0, 1).any(0)
+            wmat = self.weight[:, :, taps].reshape(self.weight.shape[0], -1)
+            self._w_taps = taps, wmat
+        return self._w_taps
+
+    def __call__(self, x: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
+        """Integer-valued float64 activations in and out (``x`` [B, in, h, w]).
+
+        With ``positions`` (bool [h, w]) only the outputs there are computed, as
+        [B, out, n, 1] in row-major order: the same integers as at those places of the
+        full output.
+        """
+        if positions is not None and self.upsample > 1:
+            raise ValueError("outputs at positions of a sub-pixel layer")
+        if positions is not None and self.weight.shape[-1] == 1:  # pointwise: select first
+            x, positions = x[..., positions][..., None], None
         b, _, h, w = x.shape
-        k = self.weight.shape[-1]
+        taps, wmat = self._matrix()
         acc = None
         if int8_matmul_is_exact():
-            try:
-                acc = self._matmul_int8(x, k)
+            try:  # int64 sums; the arithmetic shift is the floor division by 2**F
+                acc = (self._matmul_int8(wmat, x, taps, positions) >> FRAC_BITS).double()
             except RuntimeError:  # a shape this build's int8 GEMM refuses: same integers below
                 acc = None
-        if acc is None:
-            cols = F.unfold(x, k, padding=k // 2)  # [B, in*k*k, h*w], exact rearrangement
-            wmat = self.weight.reshape(self.weight.shape[0], -1)
-            acc = torch.matmul(wmat, cols)  # integer valued and < 2**53: exact in any order
-        out = torch.div(acc, _ONE, rounding_mode="floor").add_(self.bias[:, None])
-        out = out.reshape(b, -1, h, w)
+        if acc is None:  # integer valued and < 2**53: exact in any summation order
+            acc = torch.matmul(wmat, _patches(x, taps, positions))
+            acc = torch.div(acc, _ONE, rounding_mode="floor")
+        out = acc.reshape(acc.shape[0], b, -1).transpose(0, 1)  # [B, out, n]
+        out = out.add_(self.bias[:, None])
+        out = out.reshape(b, -1, h, w) if positions is None else out[..., None]
         if self.upsample > 1:
             out = F.pixel_shuffle(out, self.upsample)
         return out.clamp_(0.0 if self.relu else -ACT_LIMIT, ACT_LIMIT)
 
-    def _matmul_int8(self, x: torch.Tensor, k: int) -> torch.Tensor:
-        """The same integer products as the float64 path, from int8 digits (~10x faster)."""
+    def _matmul_int8(
+        self, wmat: torch.Tensor, x: torch.Tensor, taps: torch.Tensor, positions
+    ) -> torch.Tensor:
+        """The same integer products as the float64 path (int64), from int8 digits."""
         if self._w_digits is None:
-            wmat = self.weight.reshape(self.weight.shape[0], -1)
             self._w_digits = _digits(wmat, float(wmat.abs().max()))
-        b, _, h, w = x.shape
-        x_digits = [_patches(d, k) for d in _digits(x, float(x.abs().max()))]
-        acc = _int8_matmul(self._w_digits, x_digits).double()  # exact: |acc| < 2**53
-        return acc.reshape(-1, b, h * w).transpose(0, 1)
+        x_digits = [_patches(d, taps, positions) for d in _digits(x, float(x.abs().max()))]
+        return _int8_matmul(self._w_digits, x_digits)
 
 
 class FixedPointHyperSynthesis:
@@ -216,10 +245,16 @@ class FixedPointHyperSynthesis:
             raise KeyError(f"no fixed-point layers under {prefix!r}")
         return cls(layers)
 
-    def fixed(self, x: torch.Tensor) -> torch.Tensor:
-        """Fixed-point (integer-valued float64) activations in and out."""
-        for layer in self.layers:
-            x = layer(x)
+    def fixed(self, x: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
+        """Fixed-point (integer-valued float64) activations in and out.
+
+        ``positions`` (bool [h, w]): outputs there only, [B, C, n, 1], for networks whose
+        layers after the first are 1x1 (e.g. a context model's entropy parameters).
+        """
+        for i, layer in enumerate(self.layers):
+            if positions is not None and i and layer.weight.shape[-1] != 1:
+                raise ValueError("outputs at positions need 1x1 layers after the first")
+            x = layer(x, positions if i == 0 else None)
         return x
 
     def __call__(self, z_hat: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:

@@ -66,3 +66,33 @@ def test_hyper_synthesis_is_the_same_on_both_paths(monkeypatch):
     slow = FixedPointHyperSynthesis.from_float(h_s)(z)
     for a, b in zip(fast, slow, strict=True):
         assert np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("int8", [True, False], ids=["int8", "float64"])
+def test_outputs_at_positions_and_zero_taps_are_the_full_outputs(int8, monkeypatch):
+    """Skipping zero kernel taps and computing only some positions changes no integer."""
+    if not int8:
+        _float64_path(monkeypatch)
+    g = torch.Generator().manual_seed(1)
+    w = torch.randint(-3000, 3000, (5, 4, 5, 5), generator=g).double()
+    w[:, :, ::2, ::2] = 0  # a masked kernel: these taps are zero for every channel
+    b = torch.randint(-5000, 5000, (5,), generator=g).double()
+    x = torch.randint(-(2**20), 2**20, (2, 4, 6, 7), generator=g).double()
+    positions = torch.rand(6, 7, generator=g) < 0.5
+    conv = FixedPointConv(w, b, 1, relu=True)
+    dense = FixedPointConv(w.clone(), b, 1, relu=True)
+    dense._w_taps = (torch.ones(5, 5, dtype=torch.bool), w.reshape(5, -1))  # all 25 taps
+    full = dense(x)
+    assert torch.equal(conv(x), full)
+    assert torch.equal(conv(x, positions), full[..., positions][..., None])
+
+    w1 = torch.randint(-3000, 3000, (5, 5, 1, 1), generator=g).double()
+    pointwise = FixedPointHyperSynthesis(
+        [FixedPointConv(w1, b, 1, relu=True), FixedPointConv(w1[:4], b[:4], 1, relu=False)]
+    )
+    y = torch.randint(0, 2**20, (2, 5, 6, 7), generator=g).double()
+    assert torch.equal(pointwise.fixed(y, positions), pointwise.fixed(y)[..., positions][..., None])
+    with pytest.raises(ValueError, match="1x1"):
+        FixedPointHyperSynthesis([conv, conv]).fixed(x, positions)
+    with pytest.raises(ValueError, match="sub-pixel"):
+        FixedPointConv(w, b, 2, relu=False)(x, positions)

@@ -141,14 +141,24 @@ class CheckerboardHyperpriorVR(MeanScaleHyperpriorVR):
             state, "exact.entropy_parameters."
         )
 
-    def _exact_parameters(self, hyper: torch.Tensor, ctx: torch.Tensor):
-        delta = self.exact_parameters.fixed(torch.cat([hyper, ctx], 1))
-        return split_parameters(hyper + delta)  # integer sum: exact
+    # Parameters, symbols and indexes of one pass are held *at its positions only*, as
+    # [B, C, n, 1] in row-major order (``at``): each pass computes half the latent grid,
+    # and the context convolution only its 12 non-zero taps (FixedPointConv skips zero
+    # taps). The integers are those of the full-grid computation.
+    def _anchor_parameters(self, hyper: torch.Tensor, anchors: torch.Tensor):
+        """Exact (scales, means) of the anchors: the hyperprior and a zero context."""
+        zeros = torch.zeros_like(hyper[:, : self.M])
+        delta = self.exact_parameters.fixed(torch.cat([hyper, zeros], 1), anchors)
+        return split_parameters(at(hyper, anchors) + delta)  # integer sum: exact
 
-    def _non_anchor_parameters(self, hyper: torch.Tensor, y_hat: torch.Tensor, anchors):
-        """Exact (scales, means) from the hyperprior and the decoded anchors of ``y_hat``."""
-        ctx = self.exact_context.fixed(to_fixed(y_hat * torch.from_numpy(anchors)))
-        return self._exact_parameters(hyper, ctx)
+    def _non_anchor_parameters(self, hyper: torch.Tensor, y_hat_a: torch.Tensor, anchors):
+        """Exact (scales, means) of the non-anchors, given the decoded anchors ``y_hat_a``."""
+        grid = torch.zeros(hyper.shape[0], self.M, *anchors.shape)
+        grid[..., anchors] = y_hat_a[..., 0]
+        non = ~anchors
+        ctx = self.exact_context.fixed(to_fixed(grid), non)
+        delta = self.exact_parameters.fixed(torch.cat([at(hyper, non), ctx], 1))
+        return split_parameters(at(hyper, non) + delta)
 
     @torch.no_grad()
     def analyze(self, x: torch.Tensor) -> CheckerboardBatch:
@@ -156,28 +166,25 @@ class CheckerboardHyperpriorVR(MeanScaleHyperpriorVR):
         # ``super().analyze`` ran h_s to (scales, means); the context path needs the
         # fixed-point tensor itself, which is the same numbers times 2**F
         hyper = to_fixed_parameters(a.scales, a.means)
-        zeros = torch.zeros_like(hyper[:, : self.M])
-        scales_a, means_a = self._exact_parameters(hyper, zeros)
+        scales_a, means_a = self._anchor_parameters(hyper, anchor_mask(*hyper.shape[-2:]))
         return CheckerboardBatch(a.y, a.z_strings, scales_a, means_a, hyper)
 
     def _passes(self, a: CheckerboardBatch, i: int, rate: int):
         """Symbols and table indexes of both passes, and the ``y_hat`` they decode to."""
         steps = self._steps(rate)
-        h, w = a.y.shape[-2:]
-        anchors = anchor_mask(h, w).numpy()
         y = a.y[i : i + 1]
-        sym_a = self.y_coder.symbols(y, a.means[i : i + 1], steps)
-        y_hat_a = self.y_coder.dequantize(sym_a, a.means[i : i + 1], steps)
+        anchors = anchor_mask(*y.shape[-2:])
+        means_a = a.means[i : i + 1]
+        sym_a = self.y_coder.symbols(at(y, anchors), means_a, steps)
+        y_hat_a = self.y_coder.dequantize(sym_a, means_a, steps)
         scales_n, means_n = self._non_anchor_parameters(a.hyper[i : i + 1], y_hat_a, anchors)
-        sym_n = self.y_coder.symbols(y, means_n, steps)
-        idx_a = self.y_coder.indexes(a.scales[i : i + 1], steps)
-        idx_n = self.y_coder.indexes(scales_n, steps)
-        means = np.where(anchors, a.means[i : i + 1], means_n)
-        sym = np.where(anchors, sym_a, sym_n)
-        y_hat = self.y_coder.dequantize(sym, means, steps)
+        sym_n = self.y_coder.symbols(at(y, ~anchors), means_n, steps)
+        y_hat = torch.empty_like(y)
+        y_hat[..., anchors] = y_hat_a[..., 0]
+        y_hat[..., ~anchors] = self.y_coder.dequantize(sym_n, means_n, steps)[..., 0]
         return (
-            (sym_a[..., anchors], idx_a[..., anchors]),
-            (sym_n[..., ~anchors], idx_n[..., ~anchors]),
+            (sym_a, self.y_coder.indexes(a.scales[i : i + 1], steps)),
+            (sym_n, self.y_coder.indexes(scales_n, steps)),
             y_hat,
         )
 
@@ -209,16 +216,21 @@ class CheckerboardHyperpriorVR(MeanScaleHyperpriorVR):
         scales_h, means_h = self.exact_h_s(self.z_coder.dequantize(z_sym))
         hyper = to_fixed_parameters(scales_h, means_h)
         steps = self._steps(rate)
-        anchors = anchor_mask(hy, wy).numpy()
-        scales_a, means_a = self._exact_parameters(hyper, torch.zeros_like(hyper[:, : self.M]))
-        sym = np.zeros((1, self.M, hy, wy), dtype=np.int64)
-        idx_a = self.y_coder.indexes(scales_a, steps)[..., anchors]
-        sym[..., anchors] = self.y_coder.decode(payload[pos : pos + n], idx_a)
-        y_hat_a = self.y_coder.dequantize(sym, means_a, steps)
+        anchors = anchor_mask(hy, wy)
+        scales_a, means_a = self._anchor_parameters(hyper, anchors)
+        sym_a = self.y_coder.decode(payload[pos : pos + n], self.y_coder.indexes(scales_a, steps))
+        y_hat_a = self.y_coder.dequantize(sym_a, means_a, steps)
         scales_n, means_n = self._non_anchor_parameters(hyper, y_hat_a, anchors)
-        idx_n = self.y_coder.indexes(scales_n, steps)[..., ~anchors]
-        sym[..., ~anchors] = self.y_coder.decode(payload[pos + n :], idx_n)
-        return self.y_coder.dequantize(sym, np.where(anchors, means_a, means_n), steps)
+        sym_n = self.y_coder.decode(payload[pos + n :], self.y_coder.indexes(scales_n, steps))
+        y_hat = torch.empty(1, self.M, hy, wy)
+        y_hat[..., anchors] = y_hat_a[..., 0]
+        y_hat[..., ~anchors] = self.y_coder.dequantize(sym_n, means_n, steps)[..., 0]
+        return y_hat
+
+
+def at(t: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """The values of [B, C, h, w] at ``positions`` (bool [h, w]), as [B, C, n, 1]."""
+    return t[..., positions][..., None]
 
 
 def to_fixed_parameters(scales: np.ndarray, means: np.ndarray) -> torch.Tensor:
@@ -228,6 +240,7 @@ def to_fixed_parameters(scales: np.ndarray, means: np.ndarray) -> torch.Tensor:
 
 @dataclass
 class CheckerboardBatch(AnalyzedBatch):
-    """``scales``/``means`` are the anchors' (rate-independent); ``hyper`` is ``h_s``'s output."""
+    """``scales``/``means``: the anchors' only, [B, M, n, 1] (rate-independent); ``hyper``:
+    ``h_s``'s output on the whole grid."""
 
     hyper: torch.Tensor  # fixed point, float64 [B, 2M, h, w]
