@@ -27,7 +27,6 @@ from compressai.ops import quantize_ste
 
 from ..entropy import FactorizedCoder, FixedPointHyperSynthesis, GaussianCoder, interpolate_steps
 from ..errors import CorruptBitstreamError
-from .gemm_deconv import GemmDeconv
 from .registry import register_model
 
 #: lambdas of CompressAI's eight zoo qualities; level i of the model is trained at LAMBDAS[i]
@@ -178,8 +177,6 @@ class MeanScaleHyperpriorVR(nn.Module):
 
     def freeze(self) -> None:
         """Build the exact inference tables from the float parameters (after training)."""
-        for copy_of_g_s in ("_g_s64", "_g_s_last"):  # made from the old parameters
-            self.__dict__.pop(copy_of_g_s, None)
         self.update_entropy_tables()
         self.exact_h_s = FixedPointHyperSynthesis.from_float(self.h_s)
         self.step_table = self.log_step.detach().float().exp().double().numpy()
@@ -271,22 +268,9 @@ class MeanScaleHyperpriorVR(nn.Module):
         if float64:
             return self._g_s_float64()(y_hat.double()).clamp_(0, 1)
         y_hat = y_hat.contiguous(memory_format=torch.channels_last)
-        last = self._last_layer_bf16() if bf16 and y_hat.device.type == "cpu" else None
         with torch.autocast(y_hat.device.type, dtype=torch.bfloat16, enabled=bf16):
-            if last is None:
-                return self.g_s(y_hat).float().clamp_(0, 1)
-            x = self.g_s[:-1](y_hat)
-        return last(x).clamp_(0, 1)
-
-    def _last_layer_bf16(self) -> GemmDeconv | None:
-        """``g_s``'s last layer as a bf16 GEMM (``GemmDeconv``: ~2x faster on CPU), made once."""
-        if "_g_s_last" not in self.__dict__:
-            conv = self.g_s[-1]
-            fast = None
-            if isinstance(conv, nn.ConvTranspose2d) and conv.out_channels <= 4:
-                fast = GemmDeconv(conv)
-            self.__dict__["_g_s_last"] = fast  # kept out of the state dict and modules()
-        return self.__dict__["_g_s_last"]
+            x = self.g_s(y_hat)
+        return x.float().clamp_(0, 1)
 
     def _g_s_float64(self) -> nn.Module:
         """A float64 copy of ``g_s``, made once (kept out of the state dict and ``modules()``)."""
