@@ -105,6 +105,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".g
 #: in the environment of ``dask worker``.
 WORKER_CONFIG = {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}
 _MANIFEST_WRITE_INTERVAL = 2.0  # seconds between manifest rewrites while shards finish
+_DRAIN_SECONDS = 60.0  # after a failure: how long the other shards get to stop (one piece each)
 _ROW_PREFIX = re.compile(r"^row \d+: ")
 
 
@@ -744,12 +745,17 @@ def _image_rows(array: pa.ChunkedArray | pa.Array, first_row: int) -> list[Any]:
     return _rows_of(array)
 
 
-def _run_shard(shard: _Shard, job: _Job) -> dict:
+def _run_shard(shard: _Shard, job: _Job, abort: str | None = None) -> dict:
     """Compress one shard to ``dst/<shard.name>`` (temporary name, renamed when complete).
 
     Returns rows, size, SHA-256, stats and row failures. With ``on_error="raise"`` a bad row
     stops the shard without output and is returned (not raised: Dask would retry a
-    deterministic failure), so the client can cancel the job and name the row."""
+    deterministic failure), so the client can cancel the job and name the row. ``abort``
+    names a Dask event the client sets when the job fails: the shard then stops between
+    pieces and removes its temporary file (a cancelled task would run on and leave it)."""
+    stop = distributed.Event(abort) if abort else None
+    if stop is not None and stop.is_set():
+        return {"name": shard.name, "aborted": True}
     name, version = job.settings.model, job.settings.weights_sha256
     from . import models
 
@@ -779,6 +785,8 @@ def _run_shard(shard: _Shard, job: _Job) -> dict:
     with atomic_write(fs, path) as tmp:
         with fs.open(tmp, "wb") as f, pq.ParquetWriter(f, schema, **pq_kwargs) as writer:
             for table, first in pieces:
+                if stop is not None and stop.is_set():
+                    break
                 raw = _image_rows(table.column(column), first)
                 rows = [_normalise(row, first + i) for i, row in enumerate(raw)]
                 stored = _encode_piece(rows, job, encode, stats, failures, shard.name, source)
@@ -791,6 +799,9 @@ def _run_shard(shard: _Shard, job: _Job) -> dict:
         if failures and job.on_error == "raise":
             fs.rm(tmp)  # nothing is published: the shard stays unwritten for a rerun
             return {"name": shard.name, "failures": failures, "stats": dataclasses.asdict(stats)}
+        if stop is not None and stop.is_set():
+            fs.rm(tmp)
+            return {"name": shard.name, "aborted": True}
         digest, size = _sha256(fs, tmp)
     return {
         "name": shard.name,
@@ -1098,11 +1109,13 @@ def _run(
         disable=not progress,
         dynamic_ncols=True,
     )
+    abort = distributed.Event(f"licstore-abort-{uuid.uuid4().hex}", client=client)
     futures = {
         client.submit(
             _run_shard,
             s,
             job,
+            abort.name,
             key=f"licstore-{s.name}-{uuid.uuid4().hex[:8]}",
             retries=retries,
             pure=False,
@@ -1128,9 +1141,10 @@ def _run(
             bar.update(result["rows"])
     finally:
         bar.close()
-        client.cancel([f for f in futures if not f.done()])
+        _drain(client, abort, futures, manifest)
         manifest.write()
     if failed:
+        _cleanup_temporaries(job, names)
         first = failed[0]
         cls = getattr(errors, first["error"], None)
         cls = cls if isinstance(cls, type) and issubclass(cls, LICError) else LICError
@@ -1144,6 +1158,24 @@ def _run(
     report.shards_done = len(todo)
     report.wall_seconds = time.perf_counter() - started
     return report
+
+
+def _drain(client: distributed.Client, abort: Any, futures: dict, manifest: _Manifest) -> None:
+    """After a failure, stop the other shards and wait for them, so that no task still writes
+    when the error reaches the caller. Shards that finished meanwhile are kept (recorded)."""
+    pending = [f for f in futures if not f.done()]
+    if not pending:
+        return
+    abort.set()
+    with contextlib.suppress(Exception):
+        distributed.wait(pending, timeout=_DRAIN_SECONDS)
+    for future in pending:
+        if future.status == "finished":
+            result = future.result()
+            if "sha256" in result:
+                manifest.record(futures[future], result)
+    client.cancel([f for f in pending if not f.done()])
+    abort.clear()  # frees the scheduler's record of the event
 
 
 def _cleanup_temporaries(job: _Job, names: Sequence[str]) -> None:

@@ -264,6 +264,23 @@ def test_bad_row_raises_naming_shard_and_row(client, feature, tmp_path):
     assert not list((tmp_path / "dst").glob(".*.tmp"))
 
 
+def test_bad_row_stops_the_other_shards_before_raising(client, feature, tmp_path):
+    """When the error reaches the caller no task still writes: no temporary file appears
+    later, and a shard that finished meanwhile is in the manifest (a rerun skips it)."""
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    write_shard(src / "a.parquet", list(range(40)), seed=14, row_group_size=2)  # 20 pieces
+    write_shard(src / "b.parquet", [40, 41], seed=14, bad={0: b"not an image at all"})
+    with pytest.raises(UnsupportedImageError, match=r"shard b\.parquet .*row 0:"):
+        run(src / "*.parquet", dst, client, feature)
+    listing = sorted(p.name for p in dst.iterdir())
+    time.sleep(2.0)  # a task left running would publish or leave a temporary file by now
+    assert sorted(p.name for p in dst.iterdir()) == listing
+    assert not list(dst.glob(".*.tmp"))
+    assert "b.parquet" not in listing
+    manifest = json.loads((dst / ldask.MANIFEST_NAME).read_text())
+    assert ("a.parquet" in listing) == ("a.parquet" in manifest["shards"])
+
+
 def test_bad_row_copied_and_reported(client, feature, tmp_path):
     src = tmp_path / "src"
     write_shard(src / "a.parquet", [0, 1, 2], seed=5)
