@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -30,20 +31,28 @@ def load_tool():
 
 
 def make_tiny_weights(
-    path: Path, name: str = "tiny-test", seed: int = 0, architecture: str = "mshp-vr"
+    path: Path,
+    name: str = "tiny-test",
+    seed: int = 0,
+    architecture: str = "mshp-vr",
+    kwargs: dict | None = None,
 ) -> Path:
-    """Export a small random mshp-vr (fast to run), or another hyperprior, as a weights file."""
+    """Export a small random model of any registered architecture (fast to run) as a weights
+    file, with the parts random initialisation leaves inert (zeros) made to act."""
     from licstore.models.registry import model_class
     from licstore.models.weights import export
 
+    kwargs = dict(kwargs or {"N": 16, "M": 24})
     torch.manual_seed(seed)
-    model = model_class(architecture)(N=16, M=24).eval()
-    if hasattr(model, "entropy_parameters"):  # mshp-ckbd: a context that changes the code
-        with torch.no_grad():
+    model = model_class(architecture)(**kwargs).eval()
+    with torch.no_grad():
+        if hasattr(model, "entropy_parameters"):  # mshp-ckbd: a context that changes the code
             model.context.weight.mul_(20)
             model.entropy_parameters[-1].weight.normal_(0, 0.05)
+        if hasattr(model, "qecm"):  # ibfe: a decoder-side error compensation that acts
+            model.qecm.dec_weight.normal_(0, 0.3)
     model.freeze()
-    meta = {"name": name, "architecture": architecture, "arch_kwargs": '{"N": 16, "M": 24}'}
+    meta = {"name": name, "architecture": architecture, "arch_kwargs": json.dumps(kwargs)}
     export(model, path, meta)
     return path
 

@@ -65,14 +65,25 @@ def _run(
     return res.stdout
 
 
-@pytest.fixture(scope="module", params=["mshp-vr", "mshp-ckbd"])
+TINY = {  # architecture -> sizes of its tiny model
+    "mshp-ckbd": {"N": 16, "M": 24},
+    "resnet-subpixel": {"N": 16, "M": 24},
+    "resgdn-vr": {"N": 16, "M": 4},
+    "ibfe": {"N": 8, "M": 12, "qecm_noise": 0.1},  # QECM's dither on: the decoder replays it
+}
+
+
+@pytest.fixture(scope="module", params=["mshp-vr", *TINY])
 def weights_path(request, tiny_weights_path, tmp_path_factory):
+    """Every shipped architecture (tiny, random): the contract is the format's, not a model's."""
     if request.param == "mshp-vr":
         return tiny_weights_path
     from conftest import make_tiny_weights
 
     path = tmp_path_factory.mktemp("w") / f"{request.param}.safetensors"
-    return make_tiny_weights(path, f"tiny-{request.param}", architecture=request.param)
+    return make_tiny_weights(
+        path, f"tiny-{request.param}", architecture=request.param, kwargs=TINY[request.param]
+    )
 
 
 def test_cross_process_threads_batch_precision_and_kernel(weights_path):

@@ -114,18 +114,13 @@ def test_one_training_step(arch):
 @pytest.fixture(scope="module")
 def tiny_ibfe(tmp_path_factory) -> str:
     """Registered tiny ibfe with QECM dither on and non-zero decoder weights (exercised)."""
-    from licstore.models.weights import export
+    from conftest import make_tiny_weights
 
-    torch.manual_seed(0)
-    kwargs = {"N": 8, "M": 12, "qecm_noise": 0.1}
-    model = model_class("ibfe")(**kwargs).eval()
-    with torch.no_grad():
-        model.qecm.dec_weight.normal_(0, 0.3)
-    model.freeze()
     path = tmp_path_factory.mktemp("w") / "ibfe.safetensors"
-    meta = {"name": "tiny-ibfe", "architecture": "ibfe", "arch_kwargs": json.dumps(kwargs)}
-    export(model, path, meta)
-    return licstore.models.register_weights(path)
+    kwargs = {"N": 8, "M": 12, "qecm_noise": 0.1}
+    return licstore.models.register_weights(
+        make_tiny_weights(path, "tiny-ibfe", architecture="ibfe", kwargs=kwargs)
+    )
 
 
 def test_codec_round_trip(tiny_ibfe, photo):

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 import torch
@@ -15,20 +13,15 @@ from licstore.models.resnet_subpixel import ResNetSubpixelVR
 
 @pytest.fixture(scope="module")
 def tiny_resnet(tmp_path_factory) -> str:
-    from licstore.models.weights import export
+    from conftest import make_tiny_weights
 
-    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("w") / "resnet-subpixel.safetensors"
     kwargs = {"N": 16, "M": 24}
-    model = ResNetSubpixelVR(**kwargs).eval()
-    model.freeze()
-    path = tmp_path_factory.mktemp("w") / "resnet.safetensors"
-    meta = {
-        "name": "tiny-resnet-subpixel",
-        "architecture": "resnet-subpixel",
-        "arch_kwargs": json.dumps(kwargs),
-    }
-    export(model, path, meta)
-    return licstore.models.register_weights(path)
+    return licstore.models.register_weights(
+        make_tiny_weights(
+            path, "tiny-resnet-subpixel", architecture="resnet-subpixel", kwargs=kwargs
+        )
+    )
 
 
 def _kernels(module: torch.nn.Module) -> list[tuple[int, ...]]:
