@@ -28,6 +28,7 @@ from compressai.ops import quantize_ste
 from ..entropy import FactorizedCoder, FixedPointHyperSynthesis, GaussianCoder, interpolate_steps
 from ..errors import CorruptBitstreamError
 from .registry import register_model
+from .subpixel_deconv import with_subpixel_deconvs
 
 #: lambdas of CompressAI's eight zoo qualities; level i of the model is trained at LAMBDAS[i]
 LAMBDAS = (0.0018, 0.0035, 0.0067, 0.0130, 0.025, 0.0483, 0.0932, 0.18)
@@ -268,9 +269,18 @@ class MeanScaleHyperpriorVR(nn.Module):
         if float64:
             return self._g_s_float64()(y_hat.double()).clamp_(0, 1)
         y_hat = y_hat.contiguous(memory_format=torch.channels_last)
+        g_s = self._g_s_subpixel() if bf16 else self.g_s
         with torch.autocast(y_hat.device.type, dtype=torch.bfloat16, enabled=bf16):
-            x = self.g_s(y_hat)
+            x = g_s(y_hat)
         return x.float().clamp_(0, 1)
+
+    def _g_s_subpixel(self) -> nn.Module:
+        """``g_s`` with its transposed convolutions as convolution + pixel shuffle (the fast
+        bf16 form; it shares the parameters, so it is made once)."""
+        view = self.__dict__.get("_g_s_view")
+        if view is None:
+            view = self.__dict__["_g_s_view"] = with_subpixel_deconvs(self.g_s)
+        return view
 
     def _g_s_float64(self) -> nn.Module:
         """A float64 copy of ``g_s``, made once (kept out of the state dict and ``modules()``)."""
