@@ -218,3 +218,23 @@ def test_missing_side_layer_is_corrupt(tiny_model, photo):
     )
     with pytest.raises(CorruptBitstreamError):
         licstore.decode(container.pack(no_alpha))
+
+
+def test_synthesis_copies_follow_new_parameters():
+    """The float64 copy of g_s (lossless layer) and the bf16 sub-pixel view never run stale
+    parameters: freeze (after training) drops the copy; the view shares the parameters."""
+    from licstore.models.registry import model_class
+
+    torch.manual_seed(3)
+    net = model_class("mshp-vr")(N=8, M=12).eval()
+    y = torch.randn(1, 12, 3, 4)
+    before = net.synthesize(y, float64=True)
+    net.synthesize(y, bf16=True)
+    with torch.no_grad():
+        for p in net.g_s.parameters():
+            p.mul_(1.1)
+    net.freeze()
+    want = net.synthesize(y)  # fp32: the plain g_s
+    assert not torch.allclose(net.synthesize(y, float64=True), before)
+    torch.testing.assert_close(net.synthesize(y, float64=True).float(), want, atol=1e-5, rtol=0)
+    torch.testing.assert_close(net.synthesize(y, bf16=True), want, atol=0.03, rtol=0)

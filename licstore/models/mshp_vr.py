@@ -178,6 +178,7 @@ class MeanScaleHyperpriorVR(nn.Module):
 
     def freeze(self) -> None:
         """Build the exact inference tables from the float parameters (after training)."""
+        self.__dict__.pop("_g_s64", None)  # a float64 copy of g_s made from older parameters
         self.update_entropy_tables()
         self.exact_h_s = FixedPointHyperSynthesis.from_float(self.h_s)
         self.step_table = self.log_step.detach().float().exp().double().numpy()
