@@ -35,3 +35,24 @@ def test_bench_compares_models(tiny_model, photo, tmp_path, load_tool, capsys, m
         assert rows["decode end to end, fp32, batch 1 (img/s)"] > 0
         assert rows["peak RSS, decode-only process, bf16 (MiB)"] > 10
     assert set(result["classical decode (s/img)"]) == {"JPEG q75", "WebP q75 m6", "HEVC 4:4:4 q50"}
+
+
+def test_bench_synthesis_times_every_layer_both_forms(
+    tiny_model, photo, tmp_path, load_tool, capsys
+):
+    import licstore
+
+    Image.fromarray(photo).save(tmp_path / "0.png")
+    load_tool("bench_synthesis").main(
+        ["--model", tiny_model, "--images", str(tmp_path), "--threads", "1"]
+    )
+    lines = capsys.readouterr().out.splitlines()
+    layers = len(licstore.models.load(tiny_model).g_s)
+    header = next(line for line in lines if line.startswith("| threads | form |"))
+    assert header.count("|") == layers + 4 and "ConvTranspose2d" in header
+    rows = [line for line in lines if line.startswith("| 1 |")]
+    assert [r.split("|")[2].strip() for r in rows] == ["as written", "as run"]
+    for r in rows:
+        cells = [float(c) for c in r.strip("|").split("|")[2:]]
+        assert len(cells) == layers + 1 and all(c > 0 for c in cells)
+        assert abs(sum(cells[:-1]) - cells[-1]) < 0.2  # total = sum of the rounded layers
