@@ -1141,8 +1141,10 @@ def _run(
             bar.update(result["rows"])
     finally:
         bar.close()
-        _drain(client, abort, futures, manifest)
-        manifest.write()
+        try:
+            _drain(client, abort, futures, manifest)
+        finally:
+            manifest.write()
     if failed:
         _cleanup_temporaries(job, names)
         first = failed[0]
@@ -1162,20 +1164,23 @@ def _run(
 
 def _drain(client: distributed.Client, abort: Any, futures: dict, manifest: _Manifest) -> None:
     """After a failure, stop the other shards and wait for them, so that no task still writes
-    when the error reaches the caller. Shards that finished meanwhile are kept (recorded)."""
+    when the error reaches the caller. Shards that finished meanwhile are kept (recorded).
+    Never raises: the error that stopped the job is the one the caller must see."""
     pending = [f for f in futures if not f.done()]
     if not pending:
         return
-    abort.set()
-    with contextlib.suppress(Exception):
-        distributed.wait(pending, timeout=_DRAIN_SECONDS)
-    for future in pending:
-        if future.status == "finished":
-            result = future.result()
-            if "sha256" in result:
-                manifest.record(futures[future], result)
-    client.cancel([f for f in pending if not f.done()])
-    abort.clear()  # frees the scheduler's record of the event
+    try:
+        with contextlib.suppress(Exception):
+            abort.set()
+            distributed.wait(pending, timeout=_DRAIN_SECONDS)
+    finally:  # also on a second Ctrl-C while waiting
+        with contextlib.suppress(Exception):
+            for future in pending:
+                if future.status == "finished" and "sha256" in (result := future.result()):
+                    manifest.record(futures[future], result)
+        with contextlib.suppress(Exception):
+            client.cancel([f for f in pending if not f.done()])
+            abort.clear()  # frees the scheduler's record of the event
 
 
 def _cleanup_temporaries(job: _Job, names: Sequence[str]) -> None:
