@@ -55,8 +55,8 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
 
     net = licstore.models.load(args.model)
-    if not hasattr(net, "_g_s_subpixel"):
-        raise SystemExit(f"{net.name}: its synthesis is not a g_s this tool can time")
+    if not hasattr(net, "_g_s_subpixel") or not isinstance(net.g_s, torch.nn.Sequential):
+        raise SystemExit(f"{net.name}: its synthesis is not a sequential g_s this tool can time")
     files = sorted(Path(args.images).glob("*.png"))[: args.limit]
     if not files:
         raise SystemExit(f"no PNG images in {args.images}")
