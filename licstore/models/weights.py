@@ -70,7 +70,7 @@ def export(model: torch.nn.Module, path: str | os.PathLike, metadata: dict[str, 
             v = v.half()
         state[k] = v
     state.update({k: v.contiguous() for k, v in model.exact_state_dict().items()})
-    data = st_save(state, metadata={k: str(v) for k, v in metadata.items()})
+    data = _canonical_header(st_save(state, metadata={k: str(v) for k, v in metadata.items()}))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
@@ -79,6 +79,16 @@ def export(model: torch.nn.Module, path: str | os.PathLike, metadata: dict[str, 
     os.chmod(tmp, 0o644)
     os.replace(tmp, path)
     return sha256_bytes(data)
+
+
+def _canonical_header(data: bytes) -> bytes:
+    """The same file with its JSON header keys sorted: safetensors writes the metadata map in
+    a random order, so without this one checkpoint exports to files of different SHA-256."""
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + n])
+    text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)  # the data stays 8-byte aligned, as safetensors writes it
+    return len(text).to_bytes(8, "little") + text + data[8 + n :]
 
 
 def load_float_state(path: str | os.PathLike) -> dict[str, torch.Tensor]:
