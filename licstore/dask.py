@@ -1179,8 +1179,10 @@ def _drain(client: distributed.Client, abort: Any, futures: dict, manifest: _Man
                 if future.status == "finished" and "sha256" in (result := future.result()):
                     manifest.record(futures[future], result)
         with contextlib.suppress(Exception):
-            client.cancel([f for f in pending if not f.done()])
-            abort.clear()  # frees the scheduler's record of the event
+            stragglers = [f for f in pending if not f.done()]
+            client.cancel(stragglers)
+            if not stragglers:  # a straggler still running must go on seeing the abort
+                abort.clear()  # frees the scheduler's record of the event
 
 
 def _cleanup_temporaries(job: _Job, names: Sequence[str]) -> None:

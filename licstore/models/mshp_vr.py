@@ -276,8 +276,8 @@ class MeanScaleHyperpriorVR(nn.Module):
         return x.float().clamp_(0, 1)
 
     def _g_s_subpixel(self) -> nn.Module:
-        """``g_s`` with its transposed convolutions as convolution + pixel shuffle (the fast
-        bf16 form; it shares the parameters, so it is made once)."""
+        """``g_s`` with its narrow transposed convolutions as convolution + pixel shuffle (the
+        fast bf16 form; it shares the parameters, so it is made once)."""
         view = self.__dict__.get("_g_s_view")
         if view is None:
             view = self.__dict__["_g_s_view"] = with_subpixel_deconvs(self.g_s)

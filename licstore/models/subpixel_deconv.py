@@ -4,8 +4,9 @@ A stride-``s`` transposed convolution computes each of its ``s*s`` output phases
 kernel of its own over the input. Stacking those kernels gives one ordinary convolution with
 ``s*s`` times the output channels, and ``pixel_shuffle`` interleaves the phases: the same
 function up to float rounding. It pays where the output is narrow: ``g_s``'s last layer (128
-channels to 3) runs about 2x faster in bf16 this way (54 -> 24 ms on one core for a Kodak
-image); 128-to-128 layers get slower (the rewrite does 1.44x the multiply-adds), so they stay.
+channels to 3) runs about 2x faster in bf16 this way (58.6 -> 25.2 ms on one core for a Kodak
+image, ``tools/bench_synthesis.py``); 128-to-128 layers get slower (the rewrite does 4 * 9 / 25
+= 1.44x the multiply-adds of a 5x5 stride-2 kernel), so they stay.
 Like oneDNN's transposed convolution, the result does not depend on the thread count.
 
 :func:`with_subpixel_deconvs` gives a view of a module tree with its narrow transposed
