@@ -29,7 +29,15 @@ from .ratecontrol import (
     smallest_rate_reaching,
 )
 
-__all__ = ["BitstreamInfo", "decode", "decode_batch", "encode", "encode_batch", "info"]
+__all__ = [
+    "BitstreamInfo",
+    "decode",
+    "decode_batch",
+    "encode",
+    "encode_batch",
+    "info",
+    "native_bf16",
+]
 
 #: precision of the synthesis transform when decoding: "fp32", "bf16" or "auto"
 #: ("auto" = bf16 where the CPU has native bf16 support, e.g. AMX / AVX-512 BF16)
@@ -48,15 +56,24 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_one_thread_after_fork)
 
 
+def native_bf16(device: str | torch.device = "cpu") -> bool:
+    """Whether ``device`` computes bf16 natively (CUDA, or a CPU with AMX / AVX-512 BF16).
+
+    Elsewhere torch emulates bf16 and it is several times slower than fp32 (measured on an
+    AVX2-only EPYC: 0.8 against 6.6 training patches/s), so "auto" must not pick it there.
+    """
+    if torch.device(device).type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    return bool(
+        torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    )
+
+
 def _use_bf16(precision: str, device: torch.device) -> bool:
     if precision not in ("auto", "fp32", "bf16"):
         raise ValueError(f"precision must be 'auto', 'fp32' or 'bf16', got {precision!r}")
     if precision == "auto":
-        if device.type == "cuda":
-            return torch.cuda.is_bf16_supported()
-        return bool(
-            torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
-        )
+        return native_bf16(device)
     return precision == "bf16"
 
 

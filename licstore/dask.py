@@ -1123,6 +1123,7 @@ def _run(
         for s in todo
     }
     failed: list[dict] = []
+    stragglers = 0
     try:
         for future in distributed.as_completed(futures):
             shard = futures[future]
@@ -1142,11 +1143,12 @@ def _run(
     finally:
         bar.close()
         try:
-            _drain(client, abort, futures, manifest)
+            stragglers = _drain(client, abort, futures, manifest)
         finally:
             manifest.write()
     if failed:
-        _cleanup_temporaries(job, names)
+        if not stragglers:  # a straggler removes its own temporary file when it stops
+            _cleanup_temporaries(job, names)
         first = failed[0]
         cls = getattr(errors, first["error"], None)
         cls = cls if isinstance(cls, type) and issubclass(cls, LICError) else LICError
@@ -1162,13 +1164,16 @@ def _run(
     return report
 
 
-def _drain(client: distributed.Client, abort: Any, futures: dict, manifest: _Manifest) -> None:
+def _drain(client: distributed.Client, abort: Any, futures: dict, manifest: _Manifest) -> int:
     """After a failure, stop the other shards and wait for them, so that no task still writes
     when the error reaches the caller. Shards that finished meanwhile are kept (recorded).
+    Returns how many tasks still ran after ``_DRAIN_SECONDS`` (stragglers: the abort event
+    stays set for them, and the temporary files are theirs to remove, not the sweep's).
     Never raises: the error that stopped the job is the one the caller must see."""
     pending = [f for f in futures if not f.done()]
+    stragglers = pending
     if not pending:
-        return
+        return 0
     try:
         with contextlib.suppress(Exception):
             abort.set()
@@ -1183,6 +1188,7 @@ def _drain(client: distributed.Client, abort: Any, futures: dict, manifest: _Man
             client.cancel(stragglers)
             if not stragglers:  # a straggler still running must go on seeing the abort
                 abort.clear()  # frees the scheduler's record of the event
+    return len(stragglers)
 
 
 def _cleanup_temporaries(job: _Job, names: Sequence[str]) -> None:

@@ -281,6 +281,28 @@ def test_bad_row_stops_the_other_shards_before_raising(client, feature, tmp_path
     assert ("a.parquet" in listing) == ("a.parquet" in manifest["shards"])
 
 
+def test_straggler_after_the_drain_timeout_cleans_up_itself(client, feature, tmp_path, monkeypatch):
+    """A shard still running when the drain gives up keeps seeing the abort, stops at its
+    next piece and removes its own temporary file; the sweep leaves that file to it."""
+    monkeypatch.setattr(ldask, "_DRAIN_SECONDS", 0.0)
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    write_shard(src / "a.parquet", list(range(40)), seed=15, row_group_size=2)  # 20 pieces
+    write_shard(src / "b.parquet", [40, 41], seed=15, bad={0: b"not an image at all"})
+    swept = []
+    monkeypatch.setattr(ldask, "_cleanup_temporaries", lambda job, names: swept.append(names))
+    with pytest.raises(UnsupportedImageError, match=r"shard b\.parquet .*row 0:"):
+        run(src / "*.parquet", dst, client, feature)
+    manifest = json.loads((dst / ldask.MANIFEST_NAME).read_text())
+    if "a.parquet" in manifest["shards"]:
+        pytest.skip("shard a finished before b failed: no straggler this time")
+    assert swept == []  # a straggler ran: its temporary file is not swept from under it
+    deadline = time.time() + 60
+    while list(dst.glob(".*.tmp")) and time.time() < deadline:
+        time.sleep(0.2)
+    assert not list(dst.glob(".*.tmp"))
+    assert not (dst / "a.parquet").exists()
+
+
 def test_bad_row_copied_and_reported(client, feature, tmp_path):
     src = tmp_path / "src"
     write_shard(src / "a.parquet", [0, 1, 2], seed=5)

@@ -122,3 +122,32 @@ def test_cpu_clock_budget_counts_process_time(photos, tmp_path, load_tool):
     assert 1.5 <= ck["elapsed"] <= cpu_used <= time.time() - wall0 + 0.5
     with pytest.raises(SystemExit, match="--clock cpu"):
         train.main([*common, "--hours", str(3 / 3600), "--resume"])  # default: wall
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["native-bf16", "emulated-bf16"])
+def test_bf16_only_where_the_cpu_has_it(native, photos, tmp_path, load_tool, monkeypatch, capsys):
+    """``--bf16`` on a CPU without native bf16 trains in fp32 (emulated bf16 is ~8x slower
+    there), says so on stderr and in the log; ``--force-bf16`` overrides."""
+    train = load_tool("train")
+    monkeypatch.setattr(train, "native_bf16", lambda device="cpu": native)
+    common = [
+        "--arch-kwargs", json.dumps({"N": 8, "M": 12}), "--data", str(photos),
+        "--kodak", str(tmp_path / "none"), "--batch", "1", "--crop", "64",
+        "--threads", "1", "--warmup", "1", "--hours", str(0.3 / 3600),
+    ]  # fmt: skip
+    train.main([*common, "--out", str(tmp_path / "a"), "--bf16"])
+    start = _events(tmp_path / "a")[0]
+    assert start["precision"] == ("bf16" if native else "fp32")
+    assert start["bf16_fallback"] is (not native)
+    assert ("no native bf16" in capsys.readouterr().err) is (not native)
+    train.main([*common, "--out", str(tmp_path / "b"), "--force-bf16"])
+    assert _events(tmp_path / "b")[0]["precision"] == "bf16"
+    train.main([*common, "--out", str(tmp_path / "c")])
+    assert _events(tmp_path / "c")[0]["precision"] == "fp32"
+
+
+def test_native_bf16_answers_for_cpu_and_cuda():
+    from licstore.codec import native_bf16
+
+    assert isinstance(native_bf16("cpu"), bool)
+    assert native_bf16("cuda") is (torch.cuda.is_available() and torch.cuda.is_bf16_supported())

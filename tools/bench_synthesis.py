@@ -55,7 +55,7 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
 
     net = licstore.models.load(args.model)
-    if not hasattr(net, "_g_s_subpixel") or not isinstance(net.g_s, torch.nn.Sequential):
+    if not hasattr(net, "synthesis_module") or not isinstance(net.g_s, torch.nn.Sequential):
         raise SystemExit(f"{net.name}: its synthesis is not a sequential g_s this tool can time")
     files = sorted(Path(args.images).glob("*.png"))[: args.limit]
     if not files:
@@ -65,7 +65,7 @@ def main(argv=None) -> None:
         bs = container.unpack(licstore.encode(Image.open(f).convert("RGB"), model=args.model))
         latents.append(net.decode_latents(bs.layer("base").data, bs.height, bs.width, bs.rate))
 
-    forms = {"as written": net.g_s, "as run": net._g_s_subpixel()}
+    forms = {"as written": net.g_s, "as run": net.synthesis_module(bf16=True)}
     names = [type(m).__name__ for m in net.g_s]
     print(
         f"{net.name}@{net.weights_sha256[:8]}, {len(files)} images from {args.images}, "

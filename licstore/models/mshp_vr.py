@@ -270,14 +270,19 @@ class MeanScaleHyperpriorVR(nn.Module):
         if float64:
             return self._g_s_float64()(y_hat.double()).clamp_(0, 1)
         y_hat = y_hat.contiguous(memory_format=torch.channels_last)
-        g_s = self._g_s_subpixel() if bf16 else self.g_s
+        g_s = self.synthesis_module(bf16)
         with torch.autocast(y_hat.device.type, dtype=torch.bfloat16, enabled=bf16):
             x = g_s(y_hat)
         return x.float().clamp_(0, 1)
 
-    def _g_s_subpixel(self) -> nn.Module:
-        """``g_s`` with its narrow transposed convolutions as convolution + pixel shuffle (the
-        fast bf16 form; it shares the parameters, so it is made once)."""
+    def synthesis_module(self, bf16: bool = False) -> nn.Module:
+        """The form of ``g_s`` that :meth:`synthesize` runs (public for ``tools/bench_synthesis.py``).
+
+        For bf16, ``g_s`` with its narrow transposed convolutions as convolution + pixel
+        shuffle (the fast bf16 form; it shares the parameters, so it is made once).
+        """
+        if not bf16:
+            return self.g_s
         view = self.__dict__.get("_g_s_view")
         if view is None:
             view = self.__dict__["_g_s_view"] = with_subpixel_deconvs(self.g_s)
