@@ -59,8 +59,8 @@ if hasattr(os, "register_at_fork"):
 def native_bf16(device: str | torch.device = "cpu") -> bool:
     """Whether ``device`` computes bf16 natively (CUDA, or a CPU with AMX / AVX-512 BF16).
 
-    Elsewhere torch emulates bf16 and it is several times slower than fp32 (measured on an
-    AVX2-only EPYC: 0.8 against 6.6 training patches/s), so "auto" must not pick it there.
+    Elsewhere (e.g. an AVX2-only CPU) torch emulates bf16 and it is several times slower
+    than fp32, so "auto" must not pick it there.
     """
     if torch.device(device).type == "cuda":
         return torch.cuda.is_available() and torch.cuda.is_bf16_supported()

@@ -126,7 +126,7 @@ def test_cpu_clock_budget_counts_process_time(photos, tmp_path, load_tool):
 
 @pytest.mark.parametrize("native", [True, False], ids=["native-bf16", "emulated-bf16"])
 def test_bf16_only_where_the_cpu_has_it(native, photos, tmp_path, load_tool, monkeypatch, capsys):
-    """``--bf16`` on a CPU without native bf16 trains in fp32 (emulated bf16 is ~8x slower
+    """``--bf16`` on a CPU without native bf16 trains in fp32 (emulated bf16 is several times slower
     there), says so on stderr and in the log; ``--force-bf16`` overrides."""
     train = load_tool("train")
     monkeypatch.setattr(train, "native_bf16", lambda device="cpu": native)

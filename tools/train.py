@@ -167,7 +167,7 @@ def main(argv=None) -> None:
         "--bf16",
         action="store_true",
         help="bf16 autocast where the CPU has native bf16 (AMX or AVX-512 BF16); elsewhere "
-        "torch emulates it ~8x slower than fp32, so the run trains in fp32 and logs why",
+        "torch emulates it, several times slower than fp32, so the run trains in fp32 and logs why",
     )
     ap.add_argument(
         "--force-bf16", action="store_true", help="bf16 autocast even where it is emulated"
