@@ -56,3 +56,20 @@ def test_bench_synthesis_times_every_layer_both_forms(
         cells = [float(c) for c in r.strip("|").split("|")[2:]]
         assert len(cells) == layers + 1 and all(c > 0 for c in cells)
         assert abs(sum(cells[:-1]) - cells[-1]) < 0.2  # total = sum of the rounded layers
+
+
+def test_bench_train_times_each_precision_and_layout(tmp_path, load_tool, capsys):
+    out = tmp_path / "train.json"
+    result = load_tool("bench_train").main([
+        "--arch-kwargs", json.dumps({"N": 8, "M": 12}), "--batch", "2", "--crop", "64",
+        "--steps", "1", "--threads", "1", "--json", str(out),
+    ])  # fmt: skip
+    table = capsys.readouterr().out
+    assert json.loads(out.read_text()) == result
+    assert set(result["patches_per_s"]) == {
+        "fp32 contiguous", "fp32 channels_last", "bf16 contiguous", "bf16 channels_last"
+    }  # fmt: skip
+    assert all(v > 0 for v in result["patches_per_s"].values())
+    assert isinstance(result["native_bf16"], bool)
+    rows = [line for line in table.splitlines() if line.startswith(("| fp32 |", "| bf16 |"))]
+    assert len(rows) == 4
