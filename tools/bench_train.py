@@ -3,8 +3,9 @@
 
     python tools/bench_train.py [--arch mshp-vr] [--batch 16] [--crop 128] [--steps 4]
 
-Times what one step of ``tools/train.py`` does (forward, RD loss, backward, Adam step) on
-random crops, in fp32 and bf16 autocast, contiguous and channels_last. Run it before a
+Times the costly part of a ``tools/train.py`` step (forward, RD loss, backward, Adam step;
+not its gradient clipping or the small auxiliary entropy-bottleneck step) on random crops,
+in fp32 and bf16 autocast, contiguous and channels_last. Run it before a
 training stage: bf16 is the fast path only where the CPU has native bf16 (AMX or AVX-512
 BF16); elsewhere torch emulates it, several times slower than fp32. Run it on an idle machine.
 """
