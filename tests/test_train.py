@@ -151,3 +151,21 @@ def test_native_bf16_answers_for_cpu_and_cuda():
 
     assert isinstance(native_bf16("cpu"), bool)
     assert native_bf16("cuda") is (torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+
+
+def test_train_report_chains_hours_and_summarises_throughput(tmp_path, load_tool, capsys):
+    log = tmp_path / "log.jsonl"
+    recs = [
+        {"event": "start", "step": 0},
+        {"step": 100, "hours": 0.1, "patches_per_s": 10.0},
+        {"event": "kodak", "step": 100, "hours": 0.1,
+         "points": [{"r": r, "bpp": 0.5, "psnr": 30.0} for r in (0, 3.5, 7)]},
+        {"step": 200, "hours": 0.2, "patches_per_s": 30.0},
+        {"step": 300, "hours": 0.3, "patches_per_s": 20.0},
+    ]  # fmt: skip
+    log.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    load_tool("train_report").main([f"{log}:0.25", str(log)])
+    out = capsys.readouterr().out
+    assert f"| 0.10 | {log} | 100 | 0.500 / 30.00" in out
+    assert f"| 0.35 | {log} | 100 |" in out  # the second run starts after 0.25 h
+    assert f"{log}: median 20.0 patches/s (10.0-30.0, 6 records)" in out
