@@ -573,7 +573,8 @@ def decode_batch(
 
     ``precision``: synthesis in "fp32", "bf16" or "auto" (default: bf16 where the hardware
     has it). ``batch_transforms=True`` runs same-shaped images through the synthesis
-    together (faster; pixels may differ from one-by-one decoding by rounding).
+    together (for GPUs; on CPUs measured slower than one at a time, see BENCHMARKS.md);
+    pixels may then differ from one-by-one decoding by rounding.
     """
     dev = _device(device)
     bf16 = _use_bf16(precision or DECODE_PRECISION, dev)

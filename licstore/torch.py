@@ -732,6 +732,8 @@ class BatchDecoder:
     tensor when ``stack`` and all shapes agree, else a list. ``batch_transforms=False``
     synthesizes one image at a time: pixels then equal ``licstore.decode``'s at the same
     precision; batched, they may differ by rounding (as ``decode_batch(batch_transforms=True)``).
+    The default (None) batches on CUDA only: on CPUs a batched synthesis is slower than one
+    image at a time (``tools/bench.py``, BENCHMARKS.md).
 
     As a DataLoader ``collate_fn`` (rows of a dataset built with ``decode=False``) it decodes
     the bitstreams and collates the other fields with ``default_collate``; rows may be bytes,
@@ -747,7 +749,7 @@ class BatchDecoder:
         *,
         batch_size: int = 16,
         threads: int = 0,
-        batch_transforms: bool = True,
+        batch_transforms: bool | None = None,
         stack: bool = True,
     ):
         self.device = codec._device(device)  # ValueError when CUDA is asked for and absent
@@ -756,6 +758,8 @@ class BatchDecoder:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.transform, self.batch_size, self.threads = transform, batch_size, threads
+        if batch_transforms is None:
+            batch_transforms = self.device.type == "cuda"
         self.batch_transforms, self.stack = batch_transforms, stack
         self._pool: ThreadPoolExecutor | None = None
         self._pid = os.getpid()

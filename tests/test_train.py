@@ -169,3 +169,30 @@ def test_train_report_chains_hours_and_summarises_throughput(tmp_path, load_tool
     assert f"| 0.10 | {log} | 100 | 0.500 / 30.00" in out
     assert f"| 0.35 | {log} | 100 |" in out  # the second run starts after 0.25 h
     assert f"{log}: median 20.0 patches/s (10.0-30.0, 6 records)" in out
+
+
+def test_lambda_balance_weights_low_rates_up(load_tool):
+    train = load_tool("train")
+
+    class Lambdas:  # the two things rd_loss asks of a model
+        levels = 3
+
+        def lambdas(self, r):
+            return 0.001 * 4.0**r
+
+    x = torch.zeros(2, 3, 4, 4)
+    out = {"x_hat": torch.full((2, 3, 4, 4), 0.1), "likelihoods": {"y": torch.full((2, 1), 0.5)}}
+    r = torch.tensor([0.0, 2.0])
+    lam = Lambdas().lambdas(r)
+    mean = train.geometric_mean_lambda(Lambdas())
+    assert mean == pytest.approx(0.004)  # (0.001 * 0.004 * 0.016) ** (1 / 3)
+    per_sample = lam * 255**2 * 0.01 + 1 / 16  # MSE 0.01; 1 bit over 16 pixels
+    plain, mse, bpp = train.rd_loss(Lambdas(), out, x, r, mean, 0.0)
+    assert torch.allclose(mse, torch.full((2,), 0.01)) and torch.allclose(
+        bpp, torch.full((2,), 1 / 16)
+    )
+    assert float(plain) == pytest.approx(float(per_sample.mean()), rel=1e-6)
+    balanced, _, _ = train.rd_loss(Lambdas(), out, x, r, mean, 0.5)
+    weights = (lam / mean) ** -0.5  # 2 for the low rate, 1/2 for the high one
+    assert float(balanced) == pytest.approx(float((weights * per_sample).mean()), rel=1e-6)
+    assert float(balanced) < float(plain)  # the large-lambda sample counts less

@@ -171,7 +171,9 @@ def main(argv=None) -> None:
             rows = {**rows, **{f"{k} decode (s/img)": v for k, v in classical.items()}}
         else:
             rows = {"models": columns, "classical decode (s/img)": classical}
-        Path(args.json).write_text(json.dumps(rows, indent=2))
+        out = Path(args.json)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(rows, indent=2) + "\n")
 
 
 if __name__ == "__main__":

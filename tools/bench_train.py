@@ -3,10 +3,10 @@
 
     python tools/bench_train.py [--arch mshp-vr] [--batch 16] [--crop 128] [--steps 4]
 
-Times the costly part of a ``tools/train.py`` step (forward, RD loss, backward, Adam step;
-not its gradient clipping or the small auxiliary entropy-bottleneck step) on random crops,
-in fp32 and bf16 autocast, contiguous and channels_last. Run it before a
-training stage: bf16 is the fast path only where the CPU has native bf16 (AMX or AVX-512
+Times the costly part of a ``tools/train.py`` step (forward, RD loss as ``train.py
+--lambda-balance 0.25`` computes it, backward, Adam step; not its gradient clipping or the
+small auxiliary entropy-bottleneck step) on random crops, in fp32 and bf16 autocast,
+contiguous and channels_last. Run it before a training stage: bf16 is the fast path only where the CPU has native bf16 (AMX or AVX-512
 BF16); elsewhere torch emulates it, several times slower than fp32. Run it on an idle machine.
 """
 
@@ -28,17 +28,24 @@ from licstore.codec import native_bf16  # noqa: E402
 from licstore.models import registry  # noqa: E402  (the package registers every architecture)
 
 sys.path.insert(0, str(ROOT / "tools"))
-from train import rd_terms  # noqa: E402
+from train import geometric_mean_lambda, rd_loss  # noqa: E402
 
 
 def patches_per_second(
-    model: torch.nn.Module, batch: int, crop: int, steps: int, bf16: bool, channels_last: bool
+    model: torch.nn.Module,
+    batch: int,
+    crop: int,
+    steps: int,
+    bf16: bool,
+    channels_last: bool,
+    lambda_balance: float = 0.25,
 ) -> float:
     """Steps after one warm-up step, timed; ``model`` is trained in place (a throwaway)."""
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(memory_format=fmt).train()
     opt = torch.optim.Adam(model.parameters(), lr=1e-5)
     gen = torch.Generator().manual_seed(0)
+    lam_mean = None if hasattr(model, "training_loss") else geometric_mean_lambda(model)
     t0 = 0.0
     for i in range(steps + 1):
         if i == 1:
@@ -49,8 +56,7 @@ def patches_per_second(
                 loss, _ = model.training_loss(x)
             else:
                 r = torch.rand(batch, generator=gen) * (model.levels - 1)
-                mse, bpp = rd_terms(model(x, r), x)
-                loss = (model.lambdas(r) * 255**2 * mse + bpp).mean()
+                loss, _, _ = rd_loss(model, model(x, r), x, r, lam_mean, lambda_balance)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

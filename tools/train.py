@@ -84,6 +84,26 @@ def rd_terms(out: dict, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return mse, -bits / n_px
 
 
+def geometric_mean_lambda(model) -> float:
+    """Geometric mean of a variable-rate model's lambdas over its rate levels."""
+    levels = torch.arange(model.levels, dtype=torch.float32)
+    return float(model.lambdas(levels).log().mean().exp())
+
+
+def rd_loss(
+    model, out: dict, x: torch.Tensor, r: torch.Tensor, lam_mean: float, balance: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(loss, per-sample MSE, per-sample bpp) of a variable-rate model at rates ``r``.
+
+    Each sample's ``lambda * 255**2 * MSE + bpp`` is weighted by ``(lambda / lam_mean) **
+    -balance``, so that the high rates (large lambda) do not dominate the mean.
+    """
+    mse, bpp = rd_terms(out, x)
+    lam = model.lambdas(r)
+    weight = (lam / lam_mean) ** -balance
+    return (weight * (lam * 255**2 * mse + bpp)).mean(), mse, bpp
+
+
 @torch.no_grad()
 def is_outlier(loss: float, recent: Sequence[float], factor: float) -> bool:
     """A non-finite loss, or one over ``factor`` x the median of ``recent`` (after 20 steps)."""
@@ -277,8 +297,7 @@ def main(argv=None) -> None:
     budget = args.hours * 3600
     own_loss = hasattr(model, "training_loss")  # e.g. resgdn-vr: distortion over bit depths
     if not own_loss:
-        levels = torch.arange(model.levels, dtype=torch.float32)
-        lam_mean = float(model.lambdas(levels).log().mean().exp())
+        lam_mean = geometric_mean_lambda(model)
     clock = time.process_time if args.clock == "cpu" else time.time
     t0 = clock()
     last_ckpt = last_eval = time.time()
@@ -324,10 +343,7 @@ def main(argv=None) -> None:
             r = torch.rand(args.batch) * (model.levels - 1)
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
                 out = model(x, r)
-            mse, bpp = rd_terms(out, x)
-            lam = model.lambdas(r)
-            weight = (lam / lam_mean) ** -args.lambda_balance
-            loss = (weight * (lam * 255**2 * mse + bpp)).mean()
+            loss, mse, bpp = rd_loss(model, out, x, r, lam_mean, args.lambda_balance)
             if "fenm_loss" in out and frac < args.fenm_fraction:
                 loss = loss + args.fenm_weight * out["fenm_loss"]
             bpp = float(bpp.detach().mean())
