@@ -27,8 +27,8 @@ from compressai.ops import quantize_ste
 
 from ..entropy import FactorizedCoder, FixedPointHyperSynthesis, GaussianCoder, interpolate_steps
 from ..errors import CorruptBitstreamError
+from .fast_synthesis import fast_synthesis
 from .registry import register_model
-from .subpixel_deconv import with_subpixel_deconvs
 
 #: lambdas of CompressAI's eight zoo qualities; level i of the model is trained at LAMBDAS[i]
 LAMBDAS = (0.0018, 0.0035, 0.0067, 0.0130, 0.025, 0.0483, 0.0932, 0.18)
@@ -278,14 +278,15 @@ class MeanScaleHyperpriorVR(nn.Module):
     def synthesis_module(self, bf16: bool = False) -> nn.Module:
         """The form of ``g_s`` that :meth:`synthesize` runs (public for ``tools/bench_synthesis.py``).
 
-        For bf16, ``g_s`` with its narrow transposed convolutions as convolution + pixel
-        shuffle (the fast bf16 form; it shares the parameters, so it is made once).
+        For bf16, the fast form of ``g_s`` (:mod:`.fast_synthesis`: narrow transposed
+        convolutions as convolution + pixel shuffle, inverse GDNs in cache-sized blocks); it
+        shares the parameters, so it is made once.
         """
         if not bf16:
             return self.g_s
         view = self.__dict__.get("_g_s_view")
         if view is None:
-            view = self.__dict__["_g_s_view"] = with_subpixel_deconvs(self.g_s)
+            view = self.__dict__["_g_s_view"] = fast_synthesis(self.g_s)
         return view
 
     def _g_s_float64(self) -> nn.Module:

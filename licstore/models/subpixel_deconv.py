@@ -10,17 +10,19 @@ image, ``tools/bench_synthesis.py``); 128-to-128 layers get slower (the rewrite 
 Like oneDNN's transposed convolution, the result does not depend on the thread count.
 
 :func:`with_subpixel_deconvs` gives a view of a module tree with its narrow transposed
-convolutions replaced; the view shares the parameters, so it never goes stale.
+convolutions replaced; the view shares the parameters, so it never goes stale
+(:mod:`.fast_synthesis` combines it with the other rewrites of the fast path).
 """
 
 from __future__ import annotations
 
-import copy
 import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .module_view import view_with
 
 
 def convertible(m: nn.Module) -> bool:
@@ -96,7 +98,7 @@ class SubpixelDeconv(nn.Module):
         return F.pixel_shuffle(y, self.s)
 
 
-def _narrow(m: nn.ConvTranspose2d) -> bool:
+def narrow(m: nn.ConvTranspose2d) -> bool:
     """Output phases stacked are no wider than the input: where the rewrite is faster."""
     return m.out_channels * m.stride[0] * m.stride[1] <= m.in_channels
 
@@ -104,11 +106,4 @@ def _narrow(m: nn.ConvTranspose2d) -> bool:
 def with_subpixel_deconvs(module: nn.Module) -> nn.Module:
     """A view of ``module`` whose narrow convertible transposed convolutions run as
     :class:`SubpixelDeconv`; every other submodule (and every parameter) is shared."""
-    if convertible(module) and _narrow(module):
-        return SubpixelDeconv(module)
-    children = {name: with_subpixel_deconvs(child) for name, child in module.named_children()}
-    if all(children[name] is child for name, child in module.named_children()):
-        return module
-    view = copy.copy(module)
-    view.__dict__["_modules"] = dict(children)
-    return view
+    return view_with(module, lambda m: SubpixelDeconv(m) if convertible(m) and narrow(m) else None)
