@@ -21,6 +21,7 @@ from . import container, imageio, models
 from . import residual as _res
 from .errors import CorruptBitstreamError, LICError, RateTargetError, UnsupportedImageError
 from .metrics import psnr as _psnr
+from .precision import use_bf16
 from .ratecontrol import (
     BPP_TOLERANCE,
     RateTarget,
@@ -36,12 +37,7 @@ __all__ = [
     "encode",
     "encode_batch",
     "info",
-    "native_bf16",
 ]
-
-#: precision of the synthesis transform when decoding: "fp32", "bf16" or "auto"
-#: ("auto" = bf16 where the CPU has native bf16 support, e.g. AMX / AVX-512 BF16)
-DECODE_PRECISION = os.environ.get("LICSTORE_PRECISION", "auto")
 
 
 def _one_thread_after_fork() -> None:
@@ -54,27 +50,6 @@ def _one_thread_after_fork() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_one_thread_after_fork)
-
-
-def native_bf16(device: str | torch.device = "cpu") -> bool:
-    """Whether ``device`` computes bf16 natively (CUDA, or a CPU with AMX / AVX-512 BF16).
-
-    Elsewhere (e.g. an AVX2-only CPU) torch emulates bf16 and it is several times slower
-    than fp32, so "auto" must not pick it there.
-    """
-    if torch.device(device).type == "cuda":
-        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    return bool(
-        torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
-    )
-
-
-def _use_bf16(precision: str, device: torch.device) -> bool:
-    if precision not in ("auto", "fp32", "bf16"):
-        raise ValueError(f"precision must be 'auto', 'fp32' or 'bf16', got {precision!r}")
-    if precision == "auto":
-        return native_bf16(device)
-    return precision == "bf16"
 
 
 def _device(device: str | torch.device | None) -> torch.device:
@@ -288,7 +263,7 @@ class _ImageEncoder:
     def __init__(self, net, analyzed, j: int, prep: imageio.PreparedImage, dev) -> None:
         self.net, self.analyzed, self.j, self.prep, self.dev = net, analyzed, j, prep, dev
         self.h, self.w = prep.rgb.shape[:2]
-        self.bf16 = _use_bf16(DECODE_PRECISION, dev)
+        self.bf16 = use_bf16(None, dev)
         self._base: dict[int, tuple[bytes, np.ndarray, _res.HevcResidual]] = {}
         self._heif: dict[tuple[int, int], bytes] = {}
         self._psnr: dict[tuple[int, int | None], float] = {}
@@ -503,7 +478,7 @@ def _encode_one(net, analyzed, j: int, prep, target: RateTarget, dev: torch.devi
         return _bitstream(net, prep, rate, net.encode_latents(analyzed, j, rate))
     h, w = prep.rgb.shape[:2]
     if target.psnr is not None:
-        bf16 = _use_bf16(DECODE_PRECISION, dev)
+        bf16 = use_bf16(None, dev)
 
         def quality_at(rate: int) -> float:
             y_hat = net.reconstruct_latents(analyzed, j, rate).to(dev)
@@ -577,7 +552,7 @@ def decode_batch(
     pixels may then differ from one-by-one decoding by rounding.
     """
     dev = _device(device)
-    bf16 = _use_bf16(precision or DECODE_PRECISION, dev)
+    bf16 = use_bf16(precision, dev)
     parsed = [_parse(d) for d in datas]
     out: list[Image.Image | None] = [None] * len(parsed)
     groups: dict[tuple, list[int]] = {}

@@ -70,6 +70,7 @@ import torch.utils.data as tud
 from PIL import Image
 
 from . import codec, container, models
+from . import precision as _precision
 from .arrow import _bitstreams_of, _pixels
 from .column_codec import is_bitstream
 from .errors import CorruptBitstreamError, LICError
@@ -753,8 +754,8 @@ class BatchDecoder:
         stack: bool = True,
     ):
         self.device = codec._device(device)  # ValueError when CUDA is asked for and absent
-        self.precision = precision or codec.DECODE_PRECISION
-        self.bf16 = codec._use_bf16(self.precision, self.device)
+        self.precision = precision or _precision.DECODE_PRECISION
+        self.bf16 = _precision.use_bf16(self.precision, self.device)
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.transform, self.batch_size, self.threads = transform, batch_size, threads

@@ -147,7 +147,7 @@ def test_bf16_only_where_the_cpu_has_it(native, photos, tmp_path, load_tool, mon
 
 
 def test_native_bf16_answers_for_cpu_and_cuda():
-    from licstore.codec import native_bf16
+    from licstore.precision import native_bf16
 
     assert isinstance(native_bf16("cpu"), bool)
     assert native_bf16("cuda") is (torch.cuda.is_available() and torch.cuda.is_bf16_supported())

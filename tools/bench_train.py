@@ -24,8 +24,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from licstore.codec import native_bf16  # noqa: E402
 from licstore.models import registry  # noqa: E402  (the package registers every architecture)
+from licstore.precision import native_bf16  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "tools"))
 from train import geometric_mean_lambda, rd_loss  # noqa: E402

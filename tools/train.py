@@ -34,11 +34,11 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from licstore.codec import native_bf16  # noqa: E402
 from licstore.models import (
     mshp_vr,  # noqa: E402,F401  (registers the architecture)
     registry,  # noqa: E402
 )
+from licstore.precision import native_bf16  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
