@@ -4,7 +4,7 @@
     python tools/bench_synthesis.py [--model NAME] [--images DIR] [--limit N] [--threads 1,2]
 
 "as written" runs the model's ``g_s`` module by module; "as run" runs the form
-``synthesize(bf16=True)`` uses (``licstore/models/fast_synthesis.py``: narrow transposed
+``synthesize(bf16=True)`` uses (``licstore/models/fast_transforms.py``: narrow transposed
 convolutions as convolution + pixel shuffle, inverse GDNs in cache-sized row blocks). Milliseconds per Kodak image (best of 3, mean over
 images), bf16 autocast, channels_last. Run it on an idle machine.
 """

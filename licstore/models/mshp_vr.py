@@ -27,7 +27,7 @@ from compressai.ops import quantize_ste
 
 from ..entropy import FactorizedCoder, FixedPointHyperSynthesis, GaussianCoder, interpolate_steps
 from ..errors import CorruptBitstreamError
-from .fast_synthesis import fast_synthesis
+from .fast_transforms import fast_analysis, fast_synthesis
 from .registry import register_model
 
 #: lambdas of CompressAI's eight zoo qualities; level i of the model is trained at LAMBDAS[i]
@@ -211,7 +211,7 @@ class MeanScaleHyperpriorVR(nn.Module):
 
         ``x``: [B, 3, H, W] float in [0, 1], H and W multiples of 64.
         """
-        y = self.g_a(x.contiguous(memory_format=torch.channels_last)).float()
+        y = self.analysis_module()(x.contiguous(memory_format=torch.channels_last)).float()
         z = self.h_a(y)
         z_sym = self.z_coder.symbols(z)
         z_hat = self.z_coder.dequantize(z_sym)
@@ -275,10 +275,18 @@ class MeanScaleHyperpriorVR(nn.Module):
             x = g_s(y_hat)
         return x.float().clamp_(0, 1)
 
+    def analysis_module(self) -> nn.Module:
+        """The form of ``g_a`` that :meth:`analyze` runs: :func:`.fast_transforms.fast_analysis`
+        (GDNs in cache-sized blocks; shares the parameters, so it is made once)."""
+        view = self.__dict__.get("_g_a_view")
+        if view is None:
+            view = self.__dict__["_g_a_view"] = fast_analysis(self.g_a)
+        return view
+
     def synthesis_module(self, bf16: bool = False) -> nn.Module:
         """The form of ``g_s`` that :meth:`synthesize` runs (public for ``tools/bench_synthesis.py``).
 
-        For bf16, the fast form of ``g_s`` (:mod:`.fast_synthesis`: narrow transposed
+        For bf16, the fast form of ``g_s`` (:mod:`.fast_transforms`: narrow transposed
         convolutions as convolution + pixel shuffle, inverse GDNs in cache-sized blocks); it
         shares the parameters, so it is made once.
         """

@@ -11,7 +11,7 @@ Like oneDNN's transposed convolution, the result does not depend on the thread c
 
 :func:`with_subpixel_deconvs` gives a view of a module tree with its narrow transposed
 convolutions replaced; the view shares the parameters, so it never goes stale
-(:mod:`.fast_synthesis` combines it with the other rewrites of the fast path).
+(:mod:`.fast_transforms` combines it with the other rewrites of the fast path).
 """
 
 from __future__ import annotations
