@@ -100,6 +100,7 @@ def encode(
     device: str | None = None,
     residual: str | None = None,
     lossless: bool = False,
+    precision: str | None = None,
 ) -> bytes:
     """Compress one image into a self-describing licstore bitstream.
 
@@ -117,6 +118,8 @@ def encode(
 
     ``model``: a registry name (default: the shipped default model), or several names to
     keep the best of their bitstreams for a ``bpp``/``psnr`` target (see ``encode_batch``).
+    ``precision``: the analysis transform in "fp32", "bf16" or "auto" (default: bf16 where
+    the hardware has it, ``LICSTORE_ENCODE_PRECISION``); any of them decodes everywhere.
     """
     return encode_batch(
         [image],
@@ -127,6 +130,7 @@ def encode(
         device=device,
         residual=residual,
         lossless=lossless,
+        precision=precision,
     )[0]
 
 
@@ -141,6 +145,7 @@ def encode_batch(
     batch_transforms: bool = False,
     residual: str | None = None,
     lossless: bool = False,
+    precision: str | None = None,
 ) -> list[bytes]:
     """Compress many images; same-sized ones share network passes when allowed.
 
@@ -148,8 +153,8 @@ def encode_batch(
     alone, so the bytes are identical to ``encode`` one by one (float kernels differ
     between batch sizes). ``batch_transforms=True`` batches same-sized images through
     the network (faster, above all on GPU); its bitstreams decode the same everywhere
-    but may differ from one-by-one bytes in a few latent symbols. ``residual`` and
-    ``lossless`` as in ``encode``.
+    but may differ from one-by-one bytes in a few latent symbols. ``residual``,
+    ``lossless`` and ``precision`` as in ``encode``.
 
     ``model`` may name several models: each image is coded with each and the best
     bitstream kept (highest PSNR within a ``bpp`` budget, smallest for ``psnr`` or
@@ -169,11 +174,13 @@ def encode_batch(
             batch_transforms=batch_transforms,
             residual=residual,
             lossless=lossless,
+            precision=precision,
         )
     if lossless and bpp is None and quality is None and psnr is None:
         quality = LOSSLESS_BASE_QUALITY
     target = RateTarget.from_kwargs(bpp, quality, psnr)
     dev = _device(device)
+    bf16 = use_bf16(precision, dev, encode=True)
     net = models.load(model, device=str(dev))
     prepared = [imageio.prepare(im) for im in images]
     if lossless:
@@ -189,7 +196,7 @@ def encode_batch(
         chunks = [idx] if batch_transforms else [[i] for i in idx]
         for chunk in chunks:
             x = _to_tensor([prepared[i].rgb for i in chunk], net.downsampling, dev)
-            analyzed = net.analyze(x)
+            analyzed = _analyze(net, x, bf16)
             for j, i in enumerate(chunk):
                 if lossless:
                     out[i] = _ImageEncoder(net, analyzed, j, prepared[i], dev).lossless(target)
@@ -198,6 +205,14 @@ def encode_batch(
                 else:
                     out[i] = _encode_one(net, analyzed, j, prepared[i], target, dev)
     return out  # type: ignore[return-value]
+
+
+def _analyze(net, x: torch.Tensor, bf16: bool):
+    """``net.analyze``, in bf16 where asked and the model offers it (CompressAI's zoo
+    models code through their own float path and do not)."""
+    if bf16 and "bf16" in inspect.signature(net.analyze).parameters:
+        return net.analyze(x, bf16=True)
+    return net.analyze(x)
 
 
 #: base quality of ``lossless=True`` without a rate target: the lowest level, because the

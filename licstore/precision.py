@@ -1,7 +1,9 @@
-"""Which precision the synthesis transform runs in: fp32, or bf16 where it is fast.
+"""Which precision the analysis and synthesis transforms run in: fp32, or bf16 where fast.
 
-Only the synthesis may use bf16 (the entropy parameters are exact integers whatever runs
-it), so the choice changes pixels by rounding, never whether a bitstream decodes.
+The entropy parameters are exact integers whatever runs the transforms, so the choice
+changes pixels (synthesis) or a few latent symbols (analysis) by rounding, never whether a
+bitstream decodes. Measured on Kodak, a bf16 analysis codes at the same rate-distortion
+as fp32 (BENCHMARKS.md); the encoder spends most of its time there.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import torch
 #: precision of the synthesis transform when decoding: "fp32", "bf16" or "auto"
 #: ("auto" = bf16 where the hardware computes it natively, e.g. AMX / AVX-512 BF16)
 DECODE_PRECISION = os.environ.get("LICSTORE_PRECISION", "auto")
+#: precision of the analysis transform when encoding, as above
+ENCODE_PRECISION = os.environ.get("LICSTORE_ENCODE_PRECISION", "auto")
 
 PRECISIONS = ("auto", "fp32", "bf16")
 
@@ -30,9 +34,13 @@ def native_bf16(device: str | torch.device = "cpu") -> bool:
     )
 
 
-def use_bf16(precision: str | None, device: str | torch.device = "cpu") -> bool:
-    """Whether to synthesize in bf16 for ``precision`` (None: ``DECODE_PRECISION``)."""
-    precision = DECODE_PRECISION if precision is None else precision
+def use_bf16(
+    precision: str | None, device: str | torch.device = "cpu", *, encode: bool = False
+) -> bool:
+    """Whether to run a transform in bf16 for ``precision`` (None: ``ENCODE_PRECISION`` for
+    the analysis when ``encode``, else ``DECODE_PRECISION``)."""
+    if precision is None:
+        precision = ENCODE_PRECISION if encode else DECODE_PRECISION
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be 'auto', 'fp32' or 'bf16', got {precision!r}")
     if precision == "auto":

@@ -238,3 +238,28 @@ def test_synthesis_copies_follow_new_parameters():
     assert not torch.allclose(net.synthesize(y, float64=True), before)
     torch.testing.assert_close(net.synthesize(y, float64=True).float(), want, atol=1e-5, rtol=0)
     torch.testing.assert_close(net.synthesize(y, bf16=True), want, atol=0.03, rtol=0)
+
+
+def test_encode_precision_runs_the_analysis_in_bf16_or_fp32(tiny_model, photo, monkeypatch):
+    from licstore import precision
+
+    net = licstore.models.load(tiny_model)
+    seen = []
+    hook = net.g_a[0].register_forward_hook(
+        lambda m, i, o: seen.append((torch.is_autocast_enabled("cpu"), o.dtype))
+    )
+    try:
+        fp32 = licstore.encode(photo, quality=5, model=tiny_model, precision="fp32")
+        bf16 = licstore.encode(photo, quality=5, model=tiny_model, precision="bf16")
+        monkeypatch.setattr(precision, "ENCODE_PRECISION", "fp32")  # the default follows it
+        default = licstore.encode(photo, quality=5, model=tiny_model)
+    finally:
+        hook.remove()
+    assert seen == [(False, torch.float32), (True, torch.bfloat16), (False, torch.float32)]
+    assert default == fp32
+    from licstore.metrics import psnr
+
+    quality = [psnr(photo, np.asarray(licstore.decode(d))) for d in (fp32, bf16)]
+    assert abs(quality[0] - quality[1]) < 0.5  # the same to rounding; both decode anywhere
+    with pytest.raises(ValueError, match="precision"):
+        licstore.encode(photo, model=tiny_model, precision="fp16")

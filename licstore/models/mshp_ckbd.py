@@ -161,8 +161,8 @@ class CheckerboardHyperpriorVR(MeanScaleHyperpriorVR):
         return split_parameters(at(hyper, non) + delta)
 
     @torch.no_grad()
-    def analyze(self, x: torch.Tensor) -> CheckerboardBatch:
-        a = super().analyze(x)
+    def analyze(self, x: torch.Tensor, bf16: bool = False) -> CheckerboardBatch:
+        a = super().analyze(x, bf16)
         # ``super().analyze`` ran h_s to (scales, means); the context path needs the
         # fixed-point tensor itself, which is the same numbers times 2**F
         hyper = to_fixed_parameters(a.scales, a.means)

@@ -206,12 +206,15 @@ class MeanScaleHyperpriorVR(nn.Module):
         return (hp // 16, wp // 16), (hp // 64, wp // 64)
 
     @torch.no_grad()
-    def analyze(self, x: torch.Tensor) -> AnalyzedBatch:
+    def analyze(self, x: torch.Tensor, bf16: bool = False) -> AnalyzedBatch:
         """Rate-independent part of encoding: transforms, ``z`` coding, exact entropy params.
 
-        ``x``: [B, 3, H, W] float in [0, 1], H and W multiples of 64.
+        ``x``: [B, 3, H, W] float in [0, 1], H and W multiples of 64. ``bf16``: ``g_a`` under
+        bf16 autocast (the fast path; ``h_a`` and everything after it stay fp32).
         """
-        y = self.analysis_module()(x.contiguous(memory_format=torch.channels_last)).float()
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
+            y = self.analysis_module()(x.contiguous(memory_format=torch.channels_last))
+        y = y.float()
         z = self.h_a(y)
         z_sym = self.z_coder.symbols(z)
         z_hat = self.z_coder.dequantize(z_sym)

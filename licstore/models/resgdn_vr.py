@@ -173,9 +173,10 @@ class ResGDNVR(nn.Module):
         return -(-height // 16), -(-width // 16)
 
     @torch.no_grad()
-    def analyze(self, x: torch.Tensor) -> AnalyzedCodeMaps:
-        y = self.g_a(x.contiguous(memory_format=torch.channels_last)).float().cpu()
-        return AnalyzedCodeMaps(y)
+    def analyze(self, x: torch.Tensor, bf16: bool = False) -> AnalyzedCodeMaps:
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
+            y = self.g_a(x.contiguous(memory_format=torch.channels_last))
+        return AnalyzedCodeMaps(y.float().cpu())
 
     def _quantize(self, a: AnalyzedCodeMaps, i: int, bits: int):
         y = a.y[i : i + 1]
