@@ -515,7 +515,11 @@ def _encode_one(net, analyzed, j: int, prep, target: RateTarget, dev: torch.devi
     best: bytes | None = None
     for _ in range(4):
         rate, ok = largest_rate_within(
-            lambda r, s=scale: net.estimate_bytes(analyzed, j, r) * s + fixed, budget, lo, hi
+            lambda r, s=scale: net.estimate_bytes(analyzed, j, r) * s + fixed,
+            budget,
+            lo,
+            hi,
+            slack=BPP_TOLERANCE / 3,  # a third of the tolerance over still lands within it
         )
         data = _bitstream(net, prep, rate, net.encode_latents(analyzed, j, rate))
         if not ok and len(data) > budget * (1 + BPP_TOLERANCE):

@@ -95,40 +95,73 @@ def smallest_rate_reaching(
 
 
 def largest_rate_within(
-    size: Callable[[int], float], budget: float, lo: int, hi: int, max_evals: int = 12
+    size: Callable[[int], float],
+    budget: float,
+    lo: int,
+    hi: int,
+    max_evals: int = 12,
+    slack: float = 0.0,
 ) -> tuple[int, bool]:
-    """Largest rate whose increasing ``size(rate)`` is <= ``budget``.
+    """Largest rate whose increasing ``size(rate)`` is <= ``budget`` (to a tolerance).
 
-    Regula falsi on log size (sizes grow roughly exponentially with the rate) in its
-    Illinois form: when the same end of the bracket survives twice, its weight is halved, so
-    the bracket closes from both sides instead of creeping in from one. It stops at the first
-    size within a third of the tolerance below the budget. Returns (rate, ok); ok is False
-    when even ``lo`` is over.
+    Sizes grow roughly exponentially with the rate, so the search works on log size. It
+    starts in the middle and a sixteenth of the range beyond, then steps by secant until
+    two rates bracket the budget (the extremes of the range are far from most budgets and
+    make a poor first bracket), and closes the bracket by regula falsi in its Illinois form:
+    when the same end survives twice, its weight is halved, so the bracket closes from both
+    sides instead of creeping in from one. It stops at the first size within a third of
+    ``BPP_TOLERANCE`` below the budget, or up to ``slack`` (a fraction) above it. Returns
+    (rate, ok); ok is False when even ``lo`` is over.
     """
-    s_lo, s_hi = size(lo), size(hi)
-    if s_hi <= budget:
-        return hi, True
-    if s_lo > budget:
-        return lo, False
     log_b = math.log(budget)
-    f_lo = math.log(max(s_lo, 1e-9)) - log_b  # <= 0
-    f_hi = math.log(max(s_hi, 1e-9)) - log_b  # > 0
-    evals, moved = 2, 0  # moved: which end the last step replaced (-1 lo, +1 hi)
+    evals = 0
+
+    def f(rate: int) -> float:
+        nonlocal evals
+        evals += 1
+        return math.log(max(size(rate), 1e-9)) - log_b
+
+    def good(v: float) -> bool:
+        return math.log1p(-BPP_TOLERANCE / 3) <= v <= math.log1p(slack)
+
+    # two starting points, then secant steps outward until the budget is bracketed
+    r0 = (lo + hi) // 2
+    f0 = f(r0)
+    if good(f0):
+        return r0, True
+    step = max((hi - lo) // 16, 1)
+    r1 = min(r0 + step, hi) if f0 <= 0 else max(r0 - step, lo)
+    f1 = f(r1)
+    while (f0 <= 0) == (f1 <= 0):  # same side of the budget
+        if good(f1):
+            return r1, True
+        if f1 <= 0 and r1 == hi:
+            return hi, True
+        if f1 > 0 and r1 == lo:
+            return lo, False
+        slope = (f1 - f0) / (r1 - r0) if f1 != f0 else 0.0
+        guess = r1 - 1.25 * f1 / slope if slope > 0 else r1 + (r1 - r0) * 2  # overshoot a bit
+        r2 = int(min(max(round(guess), lo), hi))
+        if r2 == r1:
+            r2 = min(r1 + 1, hi) if f1 <= 0 else max(r1 - 1, lo)
+        r0, f0, r1, f1 = r1, f1, r2, f(r2)
+    if good(f1):
+        return r1, True
+    (lo, f_lo), (hi, f_hi) = sorted([(r0, f0), (r1, f1)])  # f_lo <= 0 < f_hi
+    moved = 0  # which end the last step replaced (-1 lo, +1 hi)
     while hi - lo > 1 and evals < max_evals:
         guess = lo + (hi - lo) * -f_lo / (f_hi - f_lo) if f_hi > f_lo else (lo + hi) / 2
         mid = int(min(max(round(guess), lo + 1), hi - 1))
-        s = size(mid)
-        evals += 1
-        f = math.log(max(s, 1e-9)) - log_b
-        if s <= budget:
-            lo, f_lo = mid, f
-            if s >= budget * (1 - BPP_TOLERANCE / 3):
-                break
+        v = f(mid)
+        if good(v):
+            return mid, True
+        if v <= 0:
+            lo, f_lo = mid, v
             if moved == -1:
                 f_hi /= 2
             moved = -1
         else:
-            hi, f_hi = mid, f
+            hi, f_hi = mid, v
             if moved == 1:
                 f_lo /= 2
             moved = 1

@@ -96,3 +96,33 @@ def test_outputs_at_positions_and_zero_taps_are_the_full_outputs(int8, monkeypat
         FixedPointHyperSynthesis([conv, conv]).fixed(x, positions)
     with pytest.raises(ValueError, match="sub-pixel"):
         FixedPointConv(w, b, 2, relu=False)(x, positions)
+
+
+def test_sorted_thresholds_count_exactly_as_searchsorted():
+    from compressai.models.base import get_scale_table
+
+    from licstore.entropy import SortedThresholds
+
+    rng = np.random.default_rng(7)
+    log_spaced = get_scale_table().double().numpy()[:-1]
+    tables = {
+        "compressai": log_spaced,
+        "float32 rounding": log_spaced.astype(np.float32).astype(np.float64),
+        "uneven": np.sort(rng.uniform(0.1, 50, 40)),  # not log-spaced: searchsorted itself
+        "one": np.array([1.0]),
+    }
+    for name, t in tables.items():
+        st = SortedThresholds(t)
+        assert st._fast == (name in ("compressai", "float32 rounding")), name
+        edges = np.concatenate([t, np.nextafter(t, 0), np.nextafter(t, np.inf), t * (1 + 1e-12)])
+        specials = [0.0, -0.0, -3.0, 5e-324, 1e-300, 1e38, 3.5e38, 1e300, np.inf, -np.inf]
+        for s in (
+            np.exp(rng.uniform(-12, 12, 100_000)),
+            edges,
+            np.array(specials),
+            np.array([np.nan, 1.0, 0.2]),
+            rng.uniform(-1, 300, (2, 3, 4, 5)),
+        ):
+            want = np.searchsorted(t, s, side="left")
+            got = st.count_below(s)
+            assert got.shape == s.shape and np.array_equal(got, want), name

@@ -32,9 +32,28 @@ def test_largest_rate_within_budget(budget):
     assert r == 57344 or size(r) >= budget * 0.97 or size(r + 64) > budget
 
 
+@pytest.mark.parametrize("budget", [130.0, 700.0, 5000.0, 40000.0])
+def test_largest_rate_within_brackets_near_the_answer(budget):
+    """Sizes curved like a real model's (log size not linear in the rate): a local bracket
+    takes few evaluations; ``slack`` also accepts a size just over the budget."""
+    calls = []
+
+    def size(r):
+        calls.append(r)
+        return 100 * math.exp(r / 8192 + (r / 57344) ** 2)
+
+    r, ok = largest_rate_within(size, budget, 0, 57344)
+    assert ok and budget * 0.99 <= size(r) <= budget
+    assert len(calls) - 1 <= 6  # the extremes are never both evaluated
+    calls.clear()
+    r, ok = largest_rate_within(size, budget, 0, 57344, slack=0.01)
+    assert ok and budget * 0.99 <= size(r) <= budget * 1.01 and len(calls) - 1 <= 5
+
+
 def test_largest_rate_within_reports_unreachable():
     r, ok = largest_rate_within(lambda r: 500 + r, 100, 0, 1000)
     assert (r, ok) == (0, False)
+    assert largest_rate_within(lambda r: 500 + r, 1e6, 0, 1000) == (1000, True)
 
 
 def test_default_target_and_validation():
