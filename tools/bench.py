@@ -130,6 +130,14 @@ def measure_model(model: str | None, images: list[Image.Image]) -> dict[str, flo
     return rows
 
 
+def unblocked(net) -> None:
+    """Make ``net`` run its GDNs as CompressAI wrote them (the other rewrites stay)."""
+    from licstore.models.subpixel_deconv import with_subpixel_deconvs
+
+    net.__dict__["_g_a_view"] = net.g_a
+    net.__dict__["_g_s_view"] = with_subpixel_deconvs(net.g_s)
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -141,6 +149,12 @@ def main(argv=None) -> None:
     )
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", help="also write the raw numbers here")
+    ap.add_argument(
+        "--unblocked-gdn",
+        action="store_true",
+        help="run g_a and g_s with CompressAI's GDN layers as written (for comparison with "
+        "the blocked GDNs of licstore/models/blocked_gdn.py)",
+    )
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
 
@@ -152,6 +166,8 @@ def main(argv=None) -> None:
     columns: dict[str, dict[str, float]] = {}
     for name in names:
         net = licstore.models.load(name)
+        if args.unblocked_gdn:
+            unblocked(net)
         columns[f"{net.name}@{net.weights_sha256[:8]}"] = measure_model(name, images)
     classical = classical_decode_times(images)
 
