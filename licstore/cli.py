@@ -1,36 +1,62 @@
 """``licstore`` command line: compress, decompress, info, models, eval, demo.
 
-Exit codes: 0 all inputs done, 1 some inputs failed (each listed on stderr), 2 usage.
-Outputs are written to a temporary name and renamed, so no half-written file remains.
+Exit codes: 0 all inputs done, 1 some inputs failed (each listed on stderr), 2 usage (also:
+two inputs that would be written to the same output, listed; nothing is written then).
+Outputs are written to a temporary name and renamed, so no half-written file remains; an
+existing output is replaced only with ``--force`` (otherwise its input fails), and new files
+get the umask's permissions.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import sys
-import tempfile
 import time
 from collections.abc import Iterable
 from pathlib import Path
 
+from .atomic import write_file
 from .errors import LICError
-from .ratecontrol import RESIDUALS
+from .ratecontrol import MAX_EFFORT, RESIDUALS
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".ppm", ".pgm"}
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+def _write_atomic(path: Path, data: bytes, force: bool = False) -> None:
+    """Publish ``data`` at ``path`` in one rename; an existing file only with ``force``."""
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        write_file(path, data, replace=force)
+    except FileExistsError:
+        raise FileExistsError(f"{path} exists (--force replaces it)") from None
+
+
+def _plan(files: list[tuple[Path, Path]], out: Path, single: bool, suffix: str) -> list:
+    """``(input, output)`` pairs; ``None`` (after listing them on stderr) when two inputs
+    would be written to the same output, e.g. ``a.png`` and ``a.jpg`` both to ``a.lic``."""
+    plan = [(src, out if single else out / rel.with_suffix(suffix)) for src, rel in files]
+    by_output: dict[Path, list[Path]] = {}
+    for src, dst in plan:
+        by_output.setdefault(dst, []).append(src)
+    clashes = {dst: srcs for dst, srcs in by_output.items() if len(srcs) > 1}
+    for dst, srcs in clashes.items():
+        print(
+            f"licstore: {', '.join(map(str, srcs))} would all be written to {dst}; "
+            "rename them or compress them to different folders",
+            file=sys.stderr,
+        )
+    return None if clashes else plan
+
+
+def _allow_download(args, names) -> None:
+    """``--allow-download``: the CompressAI zoo models named may fetch their weights."""
+    import licstore
+
+    zoo = licstore.models.compressai_zoo
+    if getattr(args, "allow_download", False):
+        for name in names:
+            if name and name.startswith(zoo.PREFIX):
+                zoo.allow_download(name[len(zoo.PREFIX) :])
 
 
 def _expand(inputs: Iterable[str], suffixes: set[str]) -> list[tuple[Path, Path]]:
@@ -62,18 +88,29 @@ def cmd_compress(args) -> int:
         return 1
     out = Path(args.output)
     single = len(files) == 1 and out.suffix == ".lic" and not out.is_dir()
+    plan = _plan(files, out, single, ".lic")
+    if plan is None:
+        return 2
     failed = []
-    for src, rel in tqdm(files, unit="img", disable=args.quiet or len(files) < 2):
-        dst = out if single else out / rel.with_suffix(".lic")
+    model = _models(args.model)
+    try:
+        _allow_download(args, model if isinstance(model, list) else [model])
+    except LICError as e:
+        print(f"licstore: {e}", file=sys.stderr)
+        return 2
+    for src, dst in tqdm(plan, unit="img", disable=args.quiet or len(plan) < 2):
         try:
+            if dst.exists() and not args.force:
+                raise FileExistsError(f"{dst} exists (--force replaces it)")
             data = licstore.encode(
                 str(src),
-                model=_models(args.model),
+                model=model,
                 residual=args.residual,
                 lossless=args.lossless,
+                effort=args.effort,
                 **_rate_kwargs(args),
             )
-            _write_atomic(dst, data)
+            _write_atomic(dst, data, args.force)
         except (LICError, OSError) as e:
             failed.append((src, e))
     for src, e in failed:
@@ -90,16 +127,23 @@ def cmd_decompress(args) -> int:
     out = Path(args.output)
     fmt = args.format.lower()
     single = len(files) == 1 and out.suffix.lower() in {f".{fmt}", ".png", ".jpg", ".webp", ".tif"}
+    plan = _plan(files, out, single, f".{fmt}")
+    if plan is None:
+        return 2
     failed = []
-    for src, rel in tqdm(files, unit="img", disable=args.quiet or len(files) < 2):
-        dst = out if single else out / rel.with_suffix(f".{fmt}")
+    for src, dst in tqdm(plan, unit="img", disable=args.quiet or len(plan) < 2):
         try:
-            img = licstore.decode(src.read_bytes())
+            if dst.exists() and not args.force:
+                raise FileExistsError(f"{dst} exists (--force replaces it)")
+            data = src.read_bytes()
+            if args.allow_download:  # the zoo model this file names may fetch its weights
+                _allow_download(args, [licstore.info(data).model])
+            img = licstore.decode(data)
             import io
 
             buf = io.BytesIO()
             img.save(buf, format=dst.suffix.lstrip(".").upper().replace("JPG", "JPEG"))
-            _write_atomic(dst, buf.getvalue())
+            _write_atomic(dst, buf.getvalue(), args.force)
         except (LICError, OSError, ValueError, KeyError) as e:
             failed.append((src, e))
     for src, e in failed:
@@ -125,6 +169,29 @@ def cmd_info(args) -> int:
             f"container overhead {i.overhead_bytes} B"
         )
     return 1 if failed else 0
+
+
+def cmd_models_export(args) -> int:
+    from .carried_weights import export
+
+    try:
+        print(export(args.spec, args.folder))
+    except (LICError, ValueError, OSError) as e:
+        print(f"licstore models export: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_models_register(args) -> int:
+    from .carried_weights import keep
+
+    try:
+        name, sha256, path = keep(args.file, args.name)
+    except (LICError, ValueError, OSError) as e:
+        print(f"licstore models register: {e}", file=sys.stderr)
+        return 1
+    print(f"{name}@{sha256[:16]} kept as {path}: files written with it decode from now on")
+    return 0
 
 
 def cmd_models(args) -> int:
@@ -246,7 +313,11 @@ def cmd_compress_parquet(args) -> int:
             args.dst,
             column=args.column,
             feature=licstore.LICImage(
-                model=args.model, residual=args.residual, lossless=args.lossless, **rate
+                model=args.model,
+                residual=args.residual,
+                lossless=args.lossless,
+                effort=args.effort,
+                **rate,
             ),
             client=args.scheduler,
             workers=args.workers,
@@ -279,6 +350,27 @@ def add_enhancement(p: argparse.ArgumentParser) -> None:
     )
 
 
+def add_effort(p: argparse.ArgumentParser) -> None:
+    """``--effort N``: encoder-side latent refinement (``licstore.encode(effort=...)``)."""
+    p.add_argument(
+        "--effort",
+        type=int,
+        default=0,
+        help=f"0..{MAX_EFFORT}: refine each image's latents before coding (slower encode, "
+        "fewer bytes at the same quality; decoding unchanged). Default 0",
+    )
+
+
+def add_output_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--force", action="store_true", help="replace existing output files")
+    p.add_argument(
+        "--allow-download",
+        action="store_true",
+        help="let CompressAI zoo models (compressai:...) fetch their weights from CompressAI's "
+        "model store (never done otherwise)",
+    )
+
+
 def add_compress_parquet(sub) -> None:
     p = sub.add_parser(
         "compress-parquet", help="Parquet dataset -> LIC-compressed copy, on a Dask cluster"
@@ -292,6 +384,7 @@ def add_compress_parquet(sub) -> None:
     p.add_argument("--model", help="model name (see `licstore models`)")
     p.add_argument("--column", default="image", help="image column (default: image)")
     add_enhancement(p)
+    add_effort(p)
     w = p.add_mutually_exclusive_group()
     w.add_argument("--scheduler", help="address of a running Dask scheduler")
     w.add_argument("--workers", type=int, help="worker processes of the local cluster")
@@ -326,6 +419,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true")
     add_rate(p)
     add_enhancement(p)
+    add_effort(p)
+    add_output_flags(p)
     p.set_defaults(func=cmd_compress)
 
     p = sub.add_parser("decompress", help=".lic files -> images")
@@ -333,6 +428,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True)
     p.add_argument("--format", default="png", help="png (default), webp, tiff, jpg")
     p.add_argument("-q", "--quiet", action="store_true")
+    add_output_flags(p)
     p.set_defaults(func=cmd_decompress)
 
     p = sub.add_parser("info", help="describe .lic files (no network runs)")
@@ -347,6 +443,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--size", default="512x768", help="HEIGHTxWIDTH for --stats (Kodak's)")
     p.set_defaults(func=cmd_models)
+    ms = p.add_subparsers(dest="models_command", metavar="{export,register}")
+    q = ms.add_parser(
+        "export", help="copy weights (NAME or NAME@HASH) to a folder, to keep them for later"
+    )
+    q.add_argument("spec", help="model name (its default weights) or NAME@HASH (>= 8 hex)")
+    q.add_argument("folder", help="destination folder (any fsspec URL)")
+    q.set_defaults(func=cmd_models_export)
+    q = ms.add_parser(
+        "register",
+        help="keep a weights file for every later process (decodes the files written with it)",
+    )
+    q.add_argument("file", help="a licstore weights file (.safetensors)")
+    q.add_argument("--name", help="model name, when the file's metadata has none")
+    q.set_defaults(func=cmd_models_register)
 
     p = sub.add_parser("eval", help="rate-distortion evaluation (see tools/eval_rd.py --help)")
     p.add_argument("rest", nargs=argparse.REMAINDER)
@@ -357,6 +467,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=0, help="at most this many images")
     p.set_defaults(func=cmd_demo)
     add_compress_parquet(sub)
+    from licstore.estimate import add_parser as add_estimate
+
+    add_estimate(sub)
     return ap
 
 

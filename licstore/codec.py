@@ -17,18 +17,26 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from . import container, imageio, models
+from . import container, imageio, layer_headers, limits, models
 from . import residual as _res
-from .errors import CorruptBitstreamError, LICError, RateTargetError, UnsupportedImageError
+from .errors import (
+    CorruptBitstreamError,
+    DecodeMemoryError,
+    LICError,
+    RateTargetError,
+    UnsupportedImageError,
+)
 from .metrics import psnr as _psnr
 from .precision import use_bf16
 from .ratecontrol import (
     BPP_TOLERANCE,
     RateTarget,
+    check_effort,
     check_enhancement,
     largest_rate_within,
     smallest_rate_reaching,
 )
+from .refine import refine, require_support
 
 __all__ = [
     "BitstreamInfo",
@@ -101,6 +109,7 @@ def encode(
     residual: str | None = None,
     lossless: bool = False,
     precision: str | None = None,
+    effort: int = 0,
 ) -> bytes:
     """Compress one image into a self-describing licstore bitstream.
 
@@ -120,6 +129,10 @@ def encode(
     keep the best of their bitstreams for a ``bpp``/``psnr`` target (see ``encode_batch``).
     ``precision``: the analysis transform in "fp32", "bf16" or "auto" (default: bf16 where
     the hardware has it, ``LICSTORE_ENCODE_PRECISION``); any of them decodes everywhere.
+    ``effort``: 0 (default) codes the analysis transform's latents; 1..``refine.MAX_EFFORT``
+    refine them per image for the rate-distortion loss first (``licstore.refine``: slower
+    encodes, fewer bytes at the same quality; decoding is unchanged). Models other than
+    ``mshp-vr`` raise ``EffortError`` for effort > 0.
     """
     return encode_batch(
         [image],
@@ -131,6 +144,7 @@ def encode(
         residual=residual,
         lossless=lossless,
         precision=precision,
+        effort=effort,
     )[0]
 
 
@@ -146,6 +160,7 @@ def encode_batch(
     residual: str | None = None,
     lossless: bool = False,
     precision: str | None = None,
+    effort: int = 0,
 ) -> list[bytes]:
     """Compress many images; same-sized ones share network passes when allowed.
 
@@ -154,13 +169,15 @@ def encode_batch(
     between batch sizes). ``batch_transforms=True`` batches same-sized images through
     the network (faster, above all on GPU); its bitstreams decode the same everywhere
     but may differ from one-by-one bytes in a few latent symbols. ``residual``,
-    ``lossless`` and ``precision`` as in ``encode``.
+    ``lossless``, ``precision`` and ``effort`` as in ``encode`` (refinement runs per image:
+    the bytes equal one-by-one ``encode``'s whenever the analysis does).
 
     ``model`` may name several models: each image is coded with each and the best
     bitstream kept (highest PSNR within a ``bpp`` budget, smallest for ``psnr`` or
     ``lossless``): seed 001's rate control by model switching (``licstore.model_switch``).
     """
     check_enhancement(residual, lossless)
+    effort = check_effort(effort)
     if model is not None and not isinstance(model, str):
         from .model_switch import encode_batch_choosing
 
@@ -175,6 +192,7 @@ def encode_batch(
             residual=residual,
             lossless=lossless,
             precision=precision,
+            effort=effort,
         )
     if lossless and bpp is None and quality is None and psnr is None:
         quality = LOSSLESS_BASE_QUALITY
@@ -182,6 +200,7 @@ def encode_batch(
     dev = _device(device)
     bf16 = use_bf16(precision, dev, encode=True)
     net = models.load(model, device=str(dev))
+    require_support(net, effort)
     prepared = [imageio.prepare(im) for im in images]
     if lossless:
         for p in prepared:
@@ -198,13 +217,36 @@ def encode_batch(
             x = _to_tensor([prepared[i].rgb for i in chunk], net.downsampling, dev)
             analyzed = _analyze(net, x, bf16)
             for j, i in enumerate(chunk):
+                a, k = analyzed, j
+                if effort:
+                    a, k = _refined(
+                        net, analyzed, j, x[j : j + 1], prepared[i], target, effort, bf16
+                    )
                 if lossless:
-                    out[i] = _ImageEncoder(net, analyzed, j, prepared[i], dev).lossless(target)
+                    out[i] = _ImageEncoder(net, a, k, prepared[i], dev).lossless(target)
                 elif residual == "hevc":
-                    out[i] = _ImageEncoder(net, analyzed, j, prepared[i], dev).hevc(target)
+                    out[i] = _ImageEncoder(net, a, k, prepared[i], dev).hevc(target)
                 else:
-                    out[i] = _encode_one(net, analyzed, j, prepared[i], target, dev)
+                    out[i] = _encode_one(net, a, k, prepared[i], target, dev)
     return out  # type: ignore[return-value]
+
+
+def _refined(
+    net, analyzed, j: int, x: torch.Tensor, prep, target: RateTarget, effort: int, bf16: bool
+):
+    """(latents, index) to code image ``j`` from at ``effort``: refined at the rate the
+    target picks on the amortized latents. The target's own search then runs again on the
+    refined latents (``bpp=`` lands within its tolerance, ``psnr=`` finds its smaller rate)."""
+    if target.quality is not None:
+        rate = net.quality_to_rate(target.quality)
+    else:
+        lo, hi = net.rate_range()
+        try:
+            rate = container.unpack(_encode_one(net, analyzed, j, prep, target, x.device)).rate
+        except RateTargetError:  # out of reach unrefined: refine at the end it missed
+            rate = lo if target.bpp is not None else hi
+    size = prep.rgb.shape[:2]
+    return refine(net, x, analyzed, j, rate, effort, size=size, bf16=bf16), 0
 
 
 def _analyze(net, x: torch.Tensor, bf16: bool):
@@ -551,9 +593,19 @@ def _parse(data: bytes) -> container.Bitstream:
     return container.unpack(data)
 
 
-def decode(data: bytes, *, device: str | None = None, precision: str | None = None) -> Image.Image:
-    """Decode a bitstream to a PIL image of the original size and mode."""
-    return decode_batch([data], device=device, precision=precision)[0]
+def decode(
+    data: bytes,
+    *,
+    device: str | None = None,
+    precision: str | None = None,
+    max_pixels: int | None = None,
+) -> Image.Image:
+    """Decode a bitstream to a PIL image of the original size and mode.
+
+    ``max_pixels``: refuse (``DecodeLimitError``, from the header, before anything is
+    allocated) images of more pixels; default ``LICSTORE_MAX_PIXELS``, else 4096 * 4096.
+    """
+    return decode_batch([data], device=device, precision=precision, max_pixels=max_pixels)[0]
 
 
 def decode_batch(
@@ -562,25 +614,71 @@ def decode_batch(
     device: str | None = None,
     precision: str | None = None,
     batch_transforms: bool = False,
+    max_pixels: int | None = None,
 ) -> list[Image.Image]:
     """Decode many bitstreams; latents are decoded exactly, synthesis may be batched.
 
     ``precision``: synthesis in "fp32", "bf16" or "auto" (default: bf16 where the hardware
     has it). ``batch_transforms=True`` runs same-shaped images through the synthesis
     together (for GPUs; on CPUs measured slower than one at a time, see BENCHMARKS.md);
-    pixels may then differ from one-by-one decoding by rounding.
+    pixels may then differ from one-by-one decoding by rounding. ``max_pixels`` as in
+    ``decode``; every bitstream and its layers are checked before any model loads.
+    Running out of memory raises ``DecodeMemoryError``.
     """
+    limit = limits.max_pixels(max_pixels)
     dev = _device(device)
     bf16 = use_bf16(precision, dev)
     parsed = [_parse(d) for d in datas]
+    for bs in parsed:
+        _check_layers(bs, limit)
+    try:
+        return _decode_parsed(parsed, dev, bf16, batch_transforms)
+    except LICError:
+        raise
+    except (MemoryError, RuntimeError) as e:
+        if isinstance(e, RuntimeError) and not _is_out_of_memory(e):
+            raise
+        sizes = sorted({f"{bs.width}x{bs.height}" for bs in parsed})
+        raise DecodeMemoryError(
+            f"out of memory decoding {', '.join(sizes)} ({type(e).__name__}: {e}); peak memory "
+            "grows with the pixel count (BENCHMARKS.md, Decode memory): free memory, decode "
+            "fewer images at once, or lower max_pixels / LICSTORE_MAX_PIXELS to refuse such "
+            "files up front"
+        ) from e
+
+
+def _is_out_of_memory(e: RuntimeError) -> bool:
+    """torch's allocation failures: ``torch.OutOfMemoryError`` (CUDA) or the CPU allocator's."""
+    text = str(e).lower()
+    oom = getattr(torch, "OutOfMemoryError", None)
+    if oom is not None and isinstance(e, oom):
+        return True
+    return "can't allocate memory" in text or "out of memory" in text
+
+
+def _check_layers(bs: container.Bitstream, limit: int) -> None:
+    """What the header and the layers' own headers allow to check, before any allocation."""
+    limits.check_pixels(bs.width, bs.height, limit)
+    if bs.layer("base") is None:
+        raise CorruptBitstreamError("bitstream has no base layer")
+    if bs.layer(_res.HEVC_KIND) and bs.layer(_res.LOSSLESS_KIND):
+        raise CorruptBitstreamError("bitstream has both a lossy and a lossless residual layer")
+    side = [layer.kind for layer in bs.layers if layer.kind not in _ENHANCEMENT_KINDS]
+    imageio.check_mode_layers(bs.mode, side)
+    for layer in bs.layers:
+        if layer.kind in (_res.HEVC_KIND, _res.LOSSLESS_KIND):
+            _res.check_layer(layer.kind, layer.data, layer.meta, bs.width, bs.height)
+        elif layer.kind == imageio.ALPHA:
+            what = "alpha side layer"
+            layer_headers.check_layer_image(layer.data, "PNG", bs.width, bs.height, what)
+
+
+def _decode_parsed(
+    parsed: list[container.Bitstream], dev: torch.device, bf16: bool, batch_transforms: bool
+) -> list[Image.Image]:
     out: list[Image.Image | None] = [None] * len(parsed)
     groups: dict[tuple, list[int]] = {}
     for i, bs in enumerate(parsed):
-        base = bs.layer("base")
-        if base is None:
-            raise CorruptBitstreamError("bitstream has no base layer")
-        if bs.layer(_res.HEVC_KIND) and bs.layer(_res.LOSSLESS_KIND):
-            raise CorruptBitstreamError("bitstream has both a lossy and a lossless residual layer")
         groups.setdefault((bs.model, bs.weights_hash, bs.height, bs.width), []).append(i)
     for (name, whash, h, w), idx in groups.items():
         net = models.for_bitstream(name, whash, device=str(dev))
@@ -592,9 +690,11 @@ def decode_batch(
                 raise CorruptBitstreamError(f"rate parameter {bs.rate} outside [{lo}, {hi}]")
             try:
                 latents.append(net.decode_latents(bs.layer("base").data, h, w, bs.rate))
-            except LICError:
+            except (LICError, MemoryError):
                 raise
             except Exception as e:  # the rANS decoder's own complaints
+                if isinstance(e, RuntimeError) and _is_out_of_memory(e):
+                    raise
                 raise CorruptBitstreamError(f"base layer does not decode: {e}") from e
         # lossless layers predict from a float64 synthesis of their own, one image at a time
         exact = [k for k in range(len(idx)) if parsed[idx[k]].layer(_res.LOSSLESS_KIND)]

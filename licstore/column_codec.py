@@ -20,7 +20,7 @@ from PIL import Image
 
 from . import container, encode_cache, imageio
 from .errors import CorruptBitstreamError, LICError, UnsupportedImageError
-from .ratecontrol import RateTarget, check_enhancement
+from .ratecontrol import RateTarget, check_effort, check_enhancement
 
 DEFAULT_BATCH_SIZE = 16
 
@@ -39,22 +39,36 @@ class EncoderSettings:
     target: RateTarget
     residual: str | None = None  # enhancement layer, as ``licstore.encode(residual=...)``
     lossless: bool = False
+    effort: int = 0  # latent refinement, as ``licstore.encode(effort=...)``
 
     @classmethod
     def resolve(
-        cls, *, bpp=None, quality=None, psnr=None, model=None, residual=None, lossless=False
+        cls,
+        *,
+        bpp=None,
+        quality=None,
+        psnr=None,
+        model=None,
+        residual=None,
+        lossless=False,
+        effort=0,
     ) -> EncoderSettings:
         from . import models
+        from .refine import require_support
 
         target = RateTarget.from_kwargs(bpp, quality, psnr)
         check_enhancement(residual, lossless)
+        effort = check_effort(effort)
         name, digest = models.resolve(model)
-        return cls(name, digest, target, residual, bool(lossless))
+        if effort:
+            require_support(models.load(name), effort)  # a model that cannot refine fails now
+        return cls(name, digest, target, residual, bool(lossless), effort)
 
     def cache_id(self) -> str:
         layers = (f"|residual={self.residual}" if self.residual else "") + (
             "|lossless" if self.lossless else ""
         )
+        layers += f"|effort={self.effort}" if self.effort else ""  # effort 0: ids as before
         return (
             f"{self.model}@{self.weights_sha256}|{self.target.describe()}{layers}"
             f"|format{container.FORMAT_VERSION}"
@@ -64,7 +78,7 @@ class EncoderSettings:
         t = self.target
         return {
             "bpp": t.bpp, "quality": t.quality, "psnr": t.psnr,
-            "residual": self.residual, "lossless": self.lossless,
+            "residual": self.residual, "lossless": self.lossless, "effort": self.effort,
         }  # fmt: skip
 
 

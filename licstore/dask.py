@@ -16,10 +16,15 @@ Why it is built this way:
 - The model never travels with tasks: a ``WorkerPlugin`` registers the ``LICSTORE_WEIGHTS``
   files and loads the model once per worker (``licstore.models.load`` caches per process), and
   re-runs on workers that join or restart.
-- Every output shard is written to a hidden temporary name and renamed when complete, so a
-  killed worker leaves no partial shard; Dask reschedules a dead worker's tasks
-  (``distributed.scheduler.allowed-failures``, default 3) and ``retries=`` re-runs tasks that
-  raised (a flaky object store). Re-running a task rewrites the same bytes.
+- Every output shard is written to a hidden temporary name and renamed when complete; on
+  object stores (``s3://``, ``gs://``, ``az://``), which have no rename, it is uploaded to its
+  own key and committed when complete (``CompleteMultipartUpload`` or one ``PUT``,
+  ``licstore.atomic.atomic_open``), so it is visible whole or not at all. Either way a
+  killed worker leaves no partial shard (an uncommitted upload is invisible; the job aborts
+  those it finds at the end, ``licstore.atomic.abort_uploads``); Dask reschedules a dead
+  worker's tasks (``distributed.scheduler.allowed-failures``, default 3) and ``retries=``
+  re-runs tasks that raised (a flaky object store). Re-running a task rewrites the same bytes.
+  Storage failures raise ``licstore.errors.StorageError`` naming the URL.
 - The manifest (``dst/.licstore-manifest.json``, hidden so ``load_dataset("parquet",
   data_dir=dst)`` ignores it; written atomically by the client) records each finished shard::
 
@@ -70,11 +75,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from . import column_codec, container, errors
-from .atomic import atomic_write, temporary_glob
+from . import carried_weights, column_codec, container, errors
+from .atomic import abort_uploads, atomic_open, atomic_put, makedirs, temporary_glob
 from .errors import CorruptBitstreamError, LICError, UnsupportedImageError
 from .features import STORAGE_TYPE, LICImage, _rows_of
 from .parquet import DEFAULT_ROW_GROUP_SIZE, _column_options, _schema
+from .storage import storage_errors, url_to_fs
 
 __all__ = [
     "DEFAULT_MAX_BATCH_PIXELS",
@@ -107,6 +113,10 @@ WORKER_CONFIG = {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": N
 _MANIFEST_WRITE_INTERVAL = 2.0  # seconds between manifest rewrites while shards finish
 _DRAIN_SECONDS = 60.0  # after a failure: how long the other shards get to stop (one piece each)
 _ROW_PREFIX = re.compile(r"^row \d+: ")
+
+
+class _Unpublished(Exception):
+    """Raised inside a shard's write to publish nothing (a bad row, or the job stopping)."""
 
 
 # -- results ------------------------------------------------------------------------------
@@ -237,7 +247,7 @@ class LicstoreWorkerPlugin(WorkerPlugin):
             torch.set_num_threads(self.torch_threads)
         for path in self.weights:
             if os.path.exists(path):
-                models.register_weights(path)
+                models.register_weights(path, default=True)  # as LICSTORE_WEIGHTS does
         models.load(self.model, device=_resolve_device(self.device))
 
 
@@ -343,9 +353,7 @@ class _Job:
 
 
 def _fs(url: str, storage_options: dict):
-    from fsspec.core import url_to_fs
-
-    return url_to_fs(url, **storage_options)
+    return url_to_fs(url, storage_options)  # s3:// with retries; errors name the URL
 
 
 def _signature(info: dict) -> str:
@@ -367,9 +375,16 @@ def _list_files(
 ) -> tuple[Any, str, list[tuple[str, dict]]]:
     """(filesystem, root for relative names, [(path, info)]) of a file, folder or glob;
     hidden files (``.``/``_``, as ``datasets`` skips them) and other suffixes are left out."""
+    fs, path = _fs(src, storage_options)
+    with storage_errors(src):
+        return _list_files_on(fs, path, src, suffixes)
+
+
+def _list_files_on(
+    fs: Any, path: str, src: str, suffixes: Sequence[str]
+) -> tuple[Any, str, list[tuple[str, dict]]]:
     from fsspec.core import has_magic
 
-    fs, path = _fs(src, storage_options)
     if has_magic(path):
         infos = fs.glob(path, detail=True)
         magic = min(i for i, c in enumerate(path) if c in "*?[")
@@ -702,6 +717,7 @@ def _pieces_parquet(shard: _Shard, job: _Job) -> tuple[pa.Schema, Iterator[tuple
     fs, path = _fs(shard.sources[0], job.storage_options)
     f = fs.open(path, "rb")
     pf = pq.ParquetFile(f)
+    carried_weights.register_footer(fs, path, pf.metadata.metadata)  # for rows passed through
     schema = _schema(pf.schema_arrow, {job.column: job.feature})
     groups = range(*shard.row_groups) if shard.row_groups else range(pf.metadata.num_row_groups)
 
@@ -781,28 +797,39 @@ def _run_shard(shard: _Shard, job: _Job, abort: str | None = None) -> dict:
 
     fs, root = _fs(job.dst, job.storage_options)
     path = f"{root.rstrip('/')}/{shard.name}"
-    fs.makedirs(path.rpartition("/")[0], exist_ok=True)
-    with atomic_write(fs, path) as tmp:
-        with fs.open(tmp, "wb") as f, pq.ParquetWriter(f, schema, **pq_kwargs) as writer:
-            for table, first in pieces:
-                if stop is not None and stop.is_set():
-                    break
-                raw = _image_rows(table.column(column), first)
-                rows = [_normalise(row, first + i) for i, row in enumerate(raw)]
-                stored = _encode_piece(rows, job, encode, stats, failures, shard.name, source)
-                if failures and job.on_error == "raise":
-                    break
-                index = table.schema.get_field_index(column)
-                array = pa.array(stored, type=STORAGE_TYPE)
-                table = table.set_column(index, schema.field(column), array)
-                writer.write_table(table.cast(schema), row_group_size=job.row_group_size)
+    url = fs.unstrip_protocol(path)
+    with storage_errors(url):
+        makedirs(fs, path.rpartition("/")[0])
+    used: set[tuple[str, str]] = set()  # (model, weights hash) of the rows written
+    try:  # temporary name + rename, or on object stores one upload committed at the end
+        with storage_errors(url), atomic_open(fs, path) as f:
+            with pq.ParquetWriter(f, schema, **pq_kwargs) as writer:
+                for table, first in pieces:
+                    if stop is not None and stop.is_set():
+                        break
+                    raw = _image_rows(table.column(column), first)
+                    rows = [_normalise(row, first + i) for i, row in enumerate(raw)]
+                    stored = _encode_piece(rows, job, encode, stats, failures, shard.name, source)
+                    if failures and job.on_error == "raise":
+                        break
+                    index = table.schema.get_field_index(column)
+                    array = pa.array(stored, type=STORAGE_TYPE)
+                    used |= carried_weights.used_in_storage(array)
+                    table = table.set_column(index, schema.field(column), array)
+                    writer.write_table(table.cast(schema), row_group_size=job.row_group_size)
+                if (not failures or job.on_error != "raise") and not (stop and stop.is_set()):
+                    # the dataset's weights folder (once per dataset: a file named by its hash is
+                    # kept), written before the shard that needs it is published
+                    records = carried_weights.write(fs, root.rstrip("/"), used)
+                    writer.add_key_value_metadata(carried_weights.footer(records, root, path))
+            if (failures and job.on_error == "raise") or (stop is not None and stop.is_set()):
+                raise _Unpublished  # nothing is published: the shard stays unwritten for a rerun
+    except _Unpublished:
         if failures and job.on_error == "raise":
-            fs.rm(tmp)  # nothing is published: the shard stays unwritten for a rerun
             return {"name": shard.name, "failures": failures, "stats": dataclasses.asdict(stats)}
-        if stop is not None and stop.is_set():
-            fs.rm(tmp)
-            return {"name": shard.name, "aborted": True}
-        digest, size = _sha256(fs, tmp)
+        return {"name": shard.name, "aborted": True}
+    with storage_errors(url):
+        digest, size = _sha256(fs, path)  # a rerun of the task writes the same bytes
     return {
         "name": shard.name,
         "rows": stats.rows,
@@ -839,7 +866,7 @@ def _verify_output(dst: str, storage_options: dict, name: str, entry: dict) -> b
 
 
 class _Manifest:
-    """``dst/.licstore-manifest.json``, rewritten atomically (temporary name + rename)."""
+    """``dst/.licstore-manifest.json``, rewritten atomically (rename, or one PUT)."""
 
     def __init__(self, dst: str, storage_options: dict, job: dict) -> None:
         self.fs, root = _fs(dst, storage_options)
@@ -848,9 +875,9 @@ class _Manifest:
         self.job = job
         self.shards: dict[str, dict] = {}
         self._written = 0.0
-        if self.fs.exists(self.path):
-            with self.fs.open(self.path, "rb") as f:
-                old = json.load(f)
+        with storage_errors(self.url):
+            old = json.loads(self.fs.cat_file(self.path)) if self.fs.exists(self.path) else None
+        if old is not None:
             if old.get("format") != MANIFEST_FORMAT:
                 raise LICError(f"{self.url}: not a licstore manifest ({old.get('format')!r})")
             if old.get("job") != job:
@@ -892,9 +919,9 @@ class _Manifest:
             "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "shards": dict(sorted(self.shards.items())),
         }
-        self.fs.makedirs(self.path.rpartition("/")[0], exist_ok=True)
-        with atomic_write(self.fs, self.path) as tmp:
-            self.fs.pipe_file(tmp, json.dumps(data, indent=1).encode())
+        with storage_errors(self.url):
+            makedirs(self.fs, self.path.rpartition("/")[0])
+            atomic_put(self.fs, self.path, json.dumps(data, indent=1).encode())
         self._written = time.monotonic()
 
 
@@ -1078,6 +1105,7 @@ def _run(
     if len(set(names)) != len(names):
         raise ValueError(f"input files map to the same output names: {sorted(names)}")
     manifest = _Manifest(job.dst, job.storage_options, fingerprint)
+    manifest.write()  # before any task: a destination that cannot be written fails now
     report = JobReport(src=src, dst=job.dst, manifest=manifest.url, on_error=job.on_error)
     report.shards_total = len(shards)
 
@@ -1198,6 +1226,8 @@ def _cleanup_temporaries(job: _Job, names: Sequence[str]) -> None:
         with contextlib.suppress(OSError):
             for stale in fs.glob(temporary_glob(f"{root.rstrip('/')}/{name}")):
                 fs.rm(stale)
+    with contextlib.suppress(OSError):  # object stores: uploads that were never committed
+        abort_uploads(fs, [f"{root.rstrip('/')}/{name}" for name in names])
 
 
 def _fill_report(report: JobReport, shards: list[_Shard], manifest: _Manifest, job: _Job) -> None:

@@ -18,8 +18,8 @@ from typing import Any, ClassVar
 import pyarrow as pa
 
 from . import column_codec
-from .errors import CorruptBitstreamError, UnsupportedImageError
-from .ratecontrol import RateTarget, check_enhancement
+from .errors import CorruptBitstreamError, LICError, UnsupportedImageError, with_context
+from .ratecontrol import RateTarget, check_effort, check_enhancement
 
 STORAGE_TYPE = pa.struct({"bytes": pa.binary(), "path": pa.string(), "codec": pa.string()})
 
@@ -38,6 +38,9 @@ class LICImage:
         residual: ``"hevc"`` adds the HEVC enhancement layer, ``lossless=True`` stores the
             images exactly, as in ``licstore.encode`` (serialised only when set, so features
             without them read as before).
+        effort: encoder-side latent refinement, 0 (default: the analysis transform's latents)
+            to ``licstore.refine.MAX_EFFORT``, as in ``licstore.encode`` (serialised only
+            when set); ``compress_dataset`` and the Dask jobs take it from here.
         mode: convert decoded images to this PIL mode (as ``datasets.Image(mode=...)``).
         decode: False returns the stored ``{"bytes", "path", "codec"}`` dict.
         batch_size: images per ``encode_batch`` call during casts (not serialised).
@@ -49,6 +52,7 @@ class LICImage:
     model: str | None = field(default=None, metadata=_ALWAYS_SERIALISED)
     residual: str | None = None
     lossless: bool = False
+    effort: int = 0
     mode: str | None = None
     decode: bool = True
     id: str | None = field(default=None, repr=False)
@@ -60,6 +64,7 @@ class LICImage:
     def __post_init__(self) -> None:
         RateTarget.from_kwargs(self.bpp, self.quality, self.psnr)  # RateTargetError if invalid
         check_enhancement(self.residual, self.lossless)  # RateTargetError naming the problem
+        check_effort(self.effort)  # EffortError
         if self.model is not None and not isinstance(self.model, str):
             raise TypeError(f"model must be a registry name (str), got {self.model!r}")
 
@@ -72,7 +77,7 @@ class LICImage:
         """The exact encoder (model, weights, rate target) new rows get."""
         return column_codec.EncoderSettings.resolve(
             bpp=self.bpp, quality=self.quality, psnr=self.psnr, model=self.model,
-            residual=self.residual, lossless=self.lossless,
+            residual=self.residual, lossless=self.lossless, effort=self.effort,
         )  # fmt: skip
 
     def encode_example(self, value: Any) -> dict | None:
@@ -151,8 +156,8 @@ class LICImage:
 
         try:
             image = decode(bytes(data))
-        except CorruptBitstreamError as e:
-            raise CorruptBitstreamError(f"{where} ({len(data)} bytes): {e}") from e
+        except LICError as e:  # same class (a DecodeLimitError stays one), naming the image
+            raise with_context(e, f"{where} ({len(data)} bytes)") from e
         if self.mode and self.mode != image.mode:
             image = image.convert(self.mode)
         return image

@@ -36,7 +36,9 @@ image PIL can read is encoded with ``licstore.encode`` (options ``bpp``/``qualit
 ``model``), a valid LIC bitstream is stored as is, anything else raises
 ``UnsupportedImageError`` (a corrupt bitstream ``CorruptBitstreamError``) and nothing is
 written. The encoded bytes go to a hidden temporary name next to the path and are moved into
-place, so a failed write never leaves a partial file and never clobbers the old one. Leaving
+place (on object stores, which have no rename: one PUT of the key, which appears whole), so a
+failed write never leaves a partial file and never clobbers the old one. Storage failures
+raise ``licstore.errors.StorageError`` naming the URL. Leaving
 a ``with f:`` block by an exception discards the buffer (but ``fsspec.open(...)``'s own
 context manager closes, i.e. stores, whatever was written).
 
@@ -68,10 +70,11 @@ from fsspec.implementations.chained import ChainedFileSystem
 from fsspec.spec import AbstractFileSystem
 from fsspec.utils import stringify_path
 
-from licstore.atomic import temporary_name
+from licstore.atomic import is_object_store, temporary_name
 from licstore.container import MAGIC
 from licstore.errors import LICError
 from licstore.ratecontrol import RateTarget, check_enhancement
+from licstore.storage import storage_errors
 
 __all__ = ["LICFileSystem", "output_format"]
 
@@ -326,17 +329,20 @@ class LICFileSystem(ChainedFileSystem):
                 f"lic:// files open with 'rb', 'wb' or 'xb', not {mode!r}: "
                 "a bitstream cannot be appended to or edited in place"
             )
-        f = self.fs.open(path, "rb", block_size=block_size, cache_options=cache_options, **kwargs)
-        try:
-            head = f.read(len(MAGIC))
-            if options["raw"] or output_format(path) == "LIC" or head != MAGIC:
-                f.seek(0)  # pass through: the target's own file, streaming and seekable
-                return f
-            data = head + f.read()
-        except BaseException:
+        with storage_errors(self.unstrip_protocol(path)):
+            f = self.fs.open(
+                path, "rb", block_size=block_size, cache_options=cache_options, **kwargs
+            )
+            try:
+                head = f.read(len(MAGIC))
+                if options["raw"] or output_format(path) == "LIC" or head != MAGIC:
+                    f.seek(0)  # pass through: the target's own file, streaming and seekable
+                    return f
+                data = head + f.read()
+            except BaseException:
+                f.close()
+                raise
             f.close()
-            raise
-        f.close()
         return _DecodedFile(self, path, self._present(path, data, options))
 
     def cat_file(
@@ -390,8 +396,13 @@ class LICFileSystem(ChainedFileSystem):
         target_kwargs: dict[str, Any],
         commit: bool = True,
     ) -> str | None:
-        """Encode, write to a temporary name, move into place; return the name if uncommitted."""
+        """Encode, write to a temporary name, move into place; return the name if uncommitted.
+        On an object store a commit is one PUT of the key: the object appears whole."""
         stored = self._bitstream(path, bytes(data), options)
+        if commit and is_object_store(self.fs):
+            with storage_errors(self.unstrip_protocol(path)):
+                self.fs.pipe_file(path, stored, **target_kwargs)
+            return None
         tmp = temporary_name(path, suffix=".lic-tmp")
         try:
             with self.fs.open(tmp, "wb", **target_kwargs) as f:
@@ -452,6 +463,8 @@ class LICFileSystem(ChainedFileSystem):
         self.fs.mkdir(self._strip_protocol(path), create_parents=create_parents, **kwargs)
 
     def makedirs(self, path: str, exist_ok: bool = False) -> None:
+        if is_object_store(self.fs):
+            return  # no folders to make; fsspec.open's auto_mkdir must not create a bucket
         self.fs.makedirs(self._strip_protocol(path), exist_ok=exist_ok)
 
     def rmdir(self, path: str) -> None:

@@ -4,16 +4,20 @@
 datasets' cache files (so nothing is re-encoded when the dataset is pickled to workers), runs
 in ``num_proc`` processes and shows datasets' progress bar. ``to_image_column`` turns a
 LICImage column back into a standard ``Image()`` column for readers without licstore.
+``save_to_disk`` / ``load_from_disk`` are ``datasets``' own, plus the weights the dataset
+carries (``licstore.carried_weights``): ``datasets`` offers no hook to write a folder beside
+a saved dataset, so these wrap the two calls rather than patch ``datasets``.
 """
 
 from __future__ import annotations
 
 import io
+import os
 from typing import TYPE_CHECKING
 
 import pyarrow as pa
 
-from . import column_codec
+from . import carried_weights, column_codec
 from .features import STORAGE_TYPE, LICImage, _rows_of, _stored
 
 if TYPE_CHECKING:
@@ -118,6 +122,59 @@ def to_image_column(
         decode_batch, batched=True, with_indices=True, features=features, **map_kwargs
     )
     return out.with_format(**_format_of(ds))
+
+
+def save_to_disk(
+    ds: datasets.Dataset | datasets.DatasetDict, dataset_path: str | os.PathLike, **kwargs
+) -> None:
+    """``ds.save_to_disk(dataset_path, **kwargs)``, carrying the weights its rows need.
+
+    First the weights files that the bitstreams of its ``LICImage`` columns name are copied
+    to ``dataset_path/.licstore-weights/`` (``licstore.carried_weights``), then the dataset
+    is saved, so it decodes with :func:`load_from_disk` in a licstore that no longer ships
+    those weights. ``datasets``' own ``save_to_disk`` saves the same data without the folder.
+    """
+    import datasets
+    from fsspec.core import url_to_fs
+
+    parts = ds.values() if isinstance(ds, datasets.DatasetDict) else [ds]
+    used: set[tuple[str, str]] = set()
+    for part in parts:
+        for name, feature in part.features.items():
+            if isinstance(feature, LICImage):
+                used |= carried_weights.used_in_storage(part.data.column(name))
+    fs, root = url_to_fs(os.fspath(dataset_path), **(kwargs.get("storage_options") or {}))
+    fs.makedirs(root, exist_ok=True)
+    carried_weights.write(fs, root, used)
+    ds.save_to_disk(dataset_path, **kwargs)
+
+
+def load_from_disk(
+    dataset_path: str | os.PathLike, **kwargs
+) -> datasets.Dataset | datasets.DatasetDict:
+    """``datasets.load_from_disk(dataset_path, **kwargs)`` after registering the weights the
+    dataset carries (its ``.licstore-weights/`` folder, or its parent's for one split of a
+    saved ``DatasetDict``). Worker processes started with ``spawn`` register them again with
+    ``licstore.register_dataset_weights(dataset_path)`` (e.g. in ``worker_init_fn``)."""
+    import datasets
+
+    storage_options = kwargs.get("storage_options")
+    register_dataset_weights(dataset_path, storage_options=storage_options)
+    return datasets.load_from_disk(dataset_path, **kwargs)
+
+
+def register_dataset_weights(
+    dataset_path: str | os.PathLike, *, storage_options: dict | None = None
+) -> list[str]:
+    """Register the weights a dataset folder carries (``.licstore-weights/`` in it, or in its
+    parent when it has none: a split of a ``DatasetDict``); returns the newly registered
+    ``model@hash`` versions. Files are checked against their SHA-256 when first loaded."""
+    path = os.fspath(dataset_path).rstrip("/")
+    found = carried_weights.register_folder(path, storage_options=storage_options)
+    parent = path.rpartition("/")[0]
+    if not found and parent:
+        found = carried_weights.register_folder(parent, storage_options=storage_options)
+    return found
 
 
 def _format_of(ds: datasets.Dataset) -> dict:

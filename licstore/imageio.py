@@ -46,13 +46,19 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps
 
-from licstore.errors import CorruptBitstreamError, LICError, UnsupportedImageError
+from licstore.errors import (
+    CorruptBitstreamError,
+    LICError,
+    UnsupportedImageError,
+)
+from licstore.layer_headers import check_layer_image, pil_bomb_error
 
 __all__ = [
     "MAX_PIXELS",
     "MAX_SIDE",
     "SideLayer",
     "PreparedImage",
+    "check_mode_layers",
     "lossless_problem",
     "prepare",
     "restore",
@@ -456,6 +462,7 @@ def _alpha_layer(alpha: np.ndarray) -> SideLayer:
 
 def _decode_alpha(data: bytes, width: int, height: int) -> np.ndarray:
     """Decode and validate the alpha layer; the size check runs before pixels are decoded."""
+    check_layer_image(data, "PNG", width, height, "alpha side layer")
     try:
         with Image.open(io.BytesIO(data), formats=["PNG"]) as image:
             if image.mode != "L" or image.size != (width, height):
@@ -466,6 +473,10 @@ def _decode_alpha(data: bytes, width: int, height: int) -> np.ndarray:
             image.load()
             return np.array(image, dtype=np.uint8)
     except CorruptBitstreamError:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise pil_bomb_error("alpha side layer", exc) from exc
+    except MemoryError:
         raise
     except Exception as exc:
         raise CorruptBitstreamError(f"alpha side layer is not a valid PNG: {exc}") from exc
@@ -586,17 +597,40 @@ def restore(
 ) -> Image.Image:
     """Rebuild a PIL image of ``mode`` from decoded (possibly lossy) RGB planes + side layers.
 
-    ``side_layers`` is the list from ``prepare`` or a dict ``kind -> (data, meta)``. Layers the
-    mode does not need are ignored. A missing or undecodable layer, or an unknown mode, raises
-    ``CorruptBitstreamError``; an ``rgb`` that is not HxWx3 uint8 raises
-    ``UnsupportedImageError``.
+    ``side_layers`` is the list from ``prepare`` or a dict ``kind -> (data, meta)``. A missing,
+    undecodable or unused layer (one the mode has no use for, e.g. alpha on RGB: the spec's
+    section 3.8 MUST), or an unknown mode, raises ``CorruptBitstreamError``; an ``rgb`` that is
+    not HxWx3 uint8 raises ``UnsupportedImageError``.
     """
     _check_decoded_rgb(rgb)
     layers = _layers_by_kind(side_layers)
     restorer = _MODE_RESTORERS.get(mode)
     if restorer is None:
         raise CorruptBitstreamError(f"unknown image mode {mode!r}; expected one of {MODES}")
+    check_mode_layers(mode, layers)
     return restorer(rgb, layers)
+
+
+def check_mode_layers(mode: str, kinds: Any) -> None:
+    """Refuse side layers that ``mode`` does not use (spec 3.8: a decoder MUST reject them)."""
+    unused = sorted(set(kinds) - set(_MODE_LAYERS.get(mode, ())))
+    if unused:
+        raise CorruptBitstreamError(
+            f"side layer(s) {unused} present, but mode {mode} does not use them (a decoder must "
+            "reject them: dropping a layer could silently change the image)"
+        )
+
+
+#: side layers each mode may carry (P: alpha when a used palette entry is transparent)
+_MODE_LAYERS: dict[str, tuple[str, ...]] = {
+    "RGB": (),
+    "L": (),
+    "1": (),
+    "LA": (ALPHA,),
+    "RGBA": (ALPHA,),
+    "P": (PALETTE, ALPHA),
+    "PA": (PALETTE, ALPHA),
+}
 
 
 def _check_decoded_rgb(rgb: Any) -> None:

@@ -4,9 +4,12 @@
 with the "huggingface" schema metadata ``datasets`` writes itself, so
 ``datasets.load_dataset("parquet", ...)`` opens them as ``LICImage`` (after ``import licstore``)
 while any Parquet reader sees a plain struct (and, in ``codec``, model and rate). Files are
-written row group by row group (bounded memory) to a temporary name and renamed when complete:
-a failure leaves nothing at the destination. ``read_images`` decodes chosen rows, reading only
-the row groups that hold them.
+written row group by row group (bounded memory) to a temporary name and renamed when complete
+(on object stores: uploaded to the key itself and committed when complete,
+``licstore.atomic.atomic_open``): a failure leaves nothing at the destination. ``read_images``
+decodes chosen rows, reading only the footer and the row groups that hold them (on an object
+store: ranged GETs of those bytes). Storage failures raise ``licstore.errors.StorageError``
+naming the URL.
 """
 
 from __future__ import annotations
@@ -22,15 +25,22 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from . import column_codec
+from . import carried_weights, column_codec
 from .arrow import Output, _as_output, _bitstreams_of, _check_output, _compress, _decode_at
-from .atomic import atomic_write
+from .atomic import atomic_open, makedirs
 from .features import STORAGE_TYPE, LICImage
+from .storage import storage_errors, url_to_fs
 
 __all__ = ["DEFAULT_ROW_GROUP_SIZE", "read_images", "read_table", "write_table"]
 
 #: rows per row group: a few MB of bitstreams, so reading one row stays cheap
 DEFAULT_ROW_GROUP_SIZE = 100
+#: how ``read_images`` opens files: fsspec's default read-ahead block (5-50 MB) would fetch
+#: much of the file from an object store. With a 1-byte block each read fetches what pyarrow
+#: asks for (its footer read, then the chosen row groups' column chunks in one coalesced
+#: ``pre_buffer`` read), and the last block stays cached: a file smaller than pyarrow's
+#: 64 KiB footer read is fetched once. (A block of 0 would make http/hf files streams.)
+_LAZY_OPEN = {"cache_type": "readahead", "block_size": 1}
 
 _COLUMN_OPTIONS = ("compression", "use_dictionary", "column_encoding")
 
@@ -58,7 +68,10 @@ def write_table(
     alone. ``filesystem`` (an fsspec filesystem) or ``storage_options`` say how to reach
     ``where``; other keyword arguments go to ``pyarrow.parquet.ParquetWriter``.
     Errors name the row (``UnsupportedImageError`` for a row that is not an image) and leave
-    nothing at ``where`` (an existing file there is kept).
+    nothing at ``where`` (an existing file there is kept). The weights files the rows use
+    are written to ``.licstore-weights/`` beside the file (once per folder) and recorded in
+    its footer, so it decodes where licstore no longer ships them
+    (``licstore.carried_weights``).
     """
     if not isinstance(table, pa.Table):
         raise TypeError(f"table must be a pyarrow.Table, got {type(table).__name__}")
@@ -80,10 +93,12 @@ def write_table(
     parent, _, name = path.rstrip("/").rpartition("/")
     if not name:
         raise ValueError(f"not a file path: {where!r}")
-    if parent and not fs.exists(parent):
-        fs.makedirs(parent, exist_ok=True)
-    with atomic_write(fs, path) as tmp:
-        with fs.open(tmp, "wb") as f, pq.ParquetWriter(f, schema, **pq_kwargs) as writer:
+    with storage_errors(where):
+        if parent and not fs.exists(parent):
+            makedirs(fs, parent)
+    used: set[tuple[str, str]] = set()  # (model, weights hash) of the rows written
+    with storage_errors(where), atomic_open(fs, path) as f:
+        with pq.ParquetWriter(f, schema, **pq_kwargs) as writer:
             for start in range(0, table.num_rows, row_group_size):
                 piece = table.slice(start, row_group_size)
                 for column, feature in image_columns.items():
@@ -98,7 +113,11 @@ def write_table(
                     )
                     index = piece.schema.get_field_index(column)
                     piece = piece.set_column(index, schema.field(column), array)
+                    used |= carried_weights.used_in_storage(array)
                 writer.write_table(piece.cast(schema), row_group_size=row_group_size)
+            # the weights go beside the file before it is published (rename or commit)
+            records = carried_weights.write(fs, parent, used)
+            writer.add_key_value_metadata(carried_weights.footer(records, parent, path))
     return path
 
 
@@ -123,10 +142,11 @@ def read_images(
     """
     _check_output(output)
     fs, fpath = _filesystem(path, filesystem, storage_options)
-    with fs.open(fpath, "rb") as f:
-        pf = pq.ParquetFile(f)
+    with storage_errors(path), fs.open(fpath, "rb", **_LAZY_OPEN) as f:
+        pf = pq.ParquetFile(f, pre_buffer=True)
         if column not in pf.schema_arrow.names:
             raise KeyError(f"no column {column!r}; columns: {pf.schema_arrow.names}")
+        carried_weights.register_footer(fs, fpath, pf.metadata.metadata)
         wanted = _row_indices(rows, pf.metadata.num_rows)
         starts = [0]
         for i in range(pf.metadata.num_row_groups):
@@ -155,7 +175,7 @@ def read_table(
     """The file as a pyarrow table, image columns left as stored bitstreams (decode later
     with ``licstore.arrow.decompress_column``); reaches any fsspec URL."""
     fs, fpath = _filesystem(path, filesystem, storage_options)
-    with fs.open(fpath, "rb") as f:
+    with storage_errors(path), fs.open(fpath, "rb") as f:
         return pq.read_table(f, columns=columns, **read_kwargs)
 
 
@@ -214,13 +234,7 @@ def _leaf_paths(path: str, t: pa.DataType) -> list[str]:
 
 
 def _filesystem(where: str | os.PathLike, filesystem: Any, storage_options: dict | None):
-    if filesystem is not None:
-        if storage_options:
-            raise ValueError("pass filesystem or storage_options, not both")
-        return filesystem, os.fspath(where)
-    from fsspec.core import url_to_fs
-
-    return url_to_fs(os.fspath(where), **(storage_options or {}))
+    return url_to_fs(where, storage_options, filesystem)
 
 
 def _row_indices(rows: Sequence[int] | slice | None, n: int) -> list[int]:

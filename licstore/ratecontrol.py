@@ -12,13 +12,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import RateTargetError
+import numpy as np
+
+from .errors import EffortError, RateTargetError
 
 DEFAULT_QUALITY = 4
 #: enhancement layers ``residual=`` can add
 RESIDUALS = ("hevc",)
 #: a bpp result may exceed its target by at most this fraction
 BPP_TOLERANCE = 0.03
+#: ``effort=`` runs from 0 (the analysis transform's latents) to this (``licstore.refine``)
+MAX_EFFORT = 2
 
 
 @dataclass(frozen=True)
@@ -56,6 +60,15 @@ class RateTarget:
         if self.psnr is not None:
             return f"psnr={self.psnr:g}"
         return f"quality={self.quality}"
+
+
+def check_effort(effort: Any) -> int:
+    """``effort`` as an int, or ``EffortError`` unless it is an integer 0..MAX_EFFORT."""
+    if isinstance(effort, bool) or not isinstance(effort, (int, np.integer)):
+        raise EffortError(f"effort must be an integer 0..{MAX_EFFORT}, got {effort!r}")
+    if not 0 <= effort <= MAX_EFFORT:
+        raise EffortError(f"effort must be an integer 0..{MAX_EFFORT}, got {effort}")
+    return int(effort)
 
 
 def check_enhancement(residual: Any, lossless: Any) -> None:

@@ -26,6 +26,7 @@ import numpy as np
 from PIL import Image
 
 from .errors import CorruptBitstreamError, LICError, UnsupportedBitstreamError
+from .layer_headers import check_layer_image, pil_bomb_error
 
 __all__ = [
     "HEVC_KIND",
@@ -34,6 +35,7 @@ __all__ = [
     "TIE_EPS",
     "LOSSLESS_CANDIDATES",
     "HevcResidual",
+    "check_layer",
     "hevc_apply",
     "hevc_decode_planes",
     "hevc_reconstruct",
@@ -135,11 +137,44 @@ def hevc_decode_planes(data: bytes, width: int, height: int) -> np.ndarray:
                 raise CorruptBitstreamError(
                     f"residual-hevc image is {image.size}, expected {(width, height)}"
                 )
-            return np.asarray(image.convert("RGB"), dtype=np.uint8)
+            planes = np.asarray(image.convert("RGB"), dtype=np.uint8)
+            # the HEVC stream's own picture size may disagree with the HEIF header's (ispe)
+            if planes.shape != (height, width, 3):
+                raise CorruptBitstreamError(
+                    f"residual-hevc image decodes to {planes.shape[1::-1]}, its header says "
+                    f"{(width, height)}"
+                )
+            return planes
     except CorruptBitstreamError:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise pil_bomb_error("residual-hevc layer", exc) from exc
+    except MemoryError:
         raise
     except Exception as exc:
         raise CorruptBitstreamError(f"residual-hevc layer does not decode: {exc}") from exc
+
+
+def check_layer(kind: str, data: bytes, meta: bytes, width: int, height: int) -> None:
+    """Validate a residual layer's meta and its image header against the container's size,
+    without decoding pixels: run before the model loads, so a bad layer fails fast."""
+    if kind == HEVC_KIND:
+        _parse_hevc_meta(meta, data)
+        _heif()
+        try:  # pillow-heif parses the HEIF boxes here and decodes only on load()
+            with Image.open(io.BytesIO(data), formats=["HEIF"]) as image:
+                size = image.size
+        except Exception as exc:
+            raise CorruptBitstreamError(f"residual-hevc layer does not decode: {exc}") from exc
+        if size != (width, height):
+            raise CorruptBitstreamError(
+                f"residual-hevc image is {size}, expected {(width, height)}"
+            )
+    elif kind == LOSSLESS_KIND:
+        code, planes, _check = _parse_lossless_meta(meta)
+        _ties, pos = _unpack_ties(data, width * height * planes)
+        fmt = LOSSLESS_CODECS[code][1]
+        check_layer_image(data[pos:], fmt, width, height, "residual-lossless layer")
 
 
 def hevc_apply(base: np.ndarray, data: bytes, meta: bytes) -> np.ndarray:
@@ -358,6 +393,8 @@ def lossless_decode(v: np.ndarray, data: bytes, meta: bytes) -> np.ndarray:
             raise UnsupportedBitstreamError(
                 "residual-lossless layer is JPEG XL: pip install pillow-jxl-plugin"
             ) from exc
+    # read the embedded image's header first: pillow-jxl decodes inside Image.open
+    check_layer_image(data[pos:], fmt, width, height, "residual-lossless layer")
     try:
         with Image.open(io.BytesIO(data[pos:]), formats=[fmt]) as image:
             if image.size != (width, height):
@@ -371,6 +408,10 @@ def lossless_decode(v: np.ndarray, data: bytes, meta: bytes) -> np.ndarray:
                 )
             d = np.asarray(image, dtype=np.uint8)
     except CorruptBitstreamError:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise pil_bomb_error("residual-lossless layer", exc) from exc
+    except MemoryError:
         raise
     except Exception as exc:
         raise CorruptBitstreamError(f"residual-lossless image does not decode: {exc}") from exc

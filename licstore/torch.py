@@ -69,11 +69,11 @@ import torch
 import torch.utils.data as tud
 from PIL import Image
 
-from . import codec, container, models
+from . import carried_weights, codec, container, limits, models
 from . import precision as _precision
 from .arrow import _bitstreams_of, _pixels
 from .column_codec import is_bitstream
-from .errors import CorruptBitstreamError, LICError
+from .errors import CorruptBitstreamError, LICError, with_context
 
 __all__ = [
     "BatchDecoder",
@@ -170,6 +170,8 @@ class _ShardFiles:
         except Exception:
             f.close()
             raise
+        # the weights the shard's footer records (its dataset's .licstore-weights/ folder)
+        carried_weights.register_footer(fs, path, pf.metadata.metadata)
         self._open[url] = (f, pf)
         while len(self._open) > _MAX_OPEN_FILES:
             self._open.popitem(last=False)[1][0].close()
@@ -191,6 +193,7 @@ def _read_footers(
             if missing:
                 raise KeyError(f"{url}: no column {missing[0]!r}; columns: {names}")
             md = pf.metadata
+            carried_weights.register_footer(fs, path, md.metadata)  # for BatchDecoder here
             return _Shard(url, tuple(md.row_group(g).num_rows for g in range(md.num_row_groups)))
 
     if len(urls) < 4:
@@ -250,8 +253,8 @@ class _ItemFormat:
         if data is not None and self.decode:
             try:
                 image = codec.decode(bytes(data))
-            except CorruptBitstreamError as e:
-                raise CorruptBitstreamError(f"{where}: {e}") from e
+            except LICError as e:  # same class (a DecodeLimitError stays one), naming the row
+                raise with_context(e, where) from e
             if self.mode is not None and image.mode != self.mode:
                 image = image.convert(self.mode)
             if self.output == "tensor":
@@ -786,8 +789,10 @@ class BatchDecoder:
                 if not isinstance(data, (bytes, bytearray, memoryview)):
                     raise CorruptBitstreamError(f"expected bytes, got {type(data).__name__}")
                 parsed.append(container.unpack(bytes(data)))
-            except CorruptBitstreamError as e:
-                raise CorruptBitstreamError(f"item {i}: {e}") from e
+                limit = limits.max_pixels()  # LICSTORE_MAX_PIXELS, as codec.decode
+                limits.check_pixels(parsed[-1].width, parsed[-1].height, limit)
+            except LICError as e:
+                raise with_context(e, f"item {i}") from e
         out: list[Any] = [None] * len(parsed)
         groups: dict[tuple, list[int]] = {}
         other: list[int] = []
@@ -832,8 +837,8 @@ class BatchDecoder:
                 raise
             except Exception as e:  # the rANS decoder's own complaints
                 raise CorruptBitstreamError(f"base layer does not decode: {e}") from e
-        except CorruptBitstreamError as e:
-            raise CorruptBitstreamError(f"item {i}: {e}") from e
+        except LICError as e:
+            raise with_context(e, f"item {i}") from e
 
     def _decode_other(self, datas: list[bytes], ids: list[int]) -> list[Image.Image]:
         """Other modes and layered bitstreams (alpha, palette, residual layers) go through
@@ -846,7 +851,7 @@ class BatchDecoder:
                 try:
                     codec.decode_batch([data], **kwargs)
                 except CorruptBitstreamError as e:
-                    raise CorruptBitstreamError(f"item {i}: {e}") from e
+                    raise with_context(e, f"item {i}") from e
             raise
 
     def __call__(self, batch: Any) -> Any:

@@ -59,10 +59,12 @@ def make_tiny_weights(
 
 @pytest.fixture(scope="session", autouse=True)
 def _private_encode_cache(tmp_path_factory):
-    """Tests never touch the user's encode cache; subprocesses inherit the same directory."""
+    """Tests never touch the user's encode cache or its secret; subprocesses inherit both."""
     import os
 
     os.environ["LICSTORE_CACHE_DIR"] = str(tmp_path_factory.mktemp("encode-cache"))
+    secret = tmp_path_factory.mktemp("encode-cache-secret") / "cache-secret"
+    os.environ["LICSTORE_CACHE_SECRET_FILE"] = str(secret)
 
 
 @pytest.fixture(scope="session")

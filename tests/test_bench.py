@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import stat
+import sys
+from pathlib import Path
 
+import numpy as np
 from PIL import Image
 
 
@@ -23,10 +27,23 @@ def test_bench_compares_models(tiny_model, photo, tmp_path, load_tool, capsys, m
     for i in range(2):
         Image.fromarray(photo).rotate(90 * i, expand=True).save(tmp_path / f"{i}.png")
     out = tmp_path / "bench.json"
-    load_tool("bench").main([
+    bench = load_tool("bench")
+    folders = []  # the memory probe's bitstreams: a private folder, .lic files, no pickle
+
+    def mkdtemp(**kwargs):
+        folders.append(Path(real_mkdtemp(**kwargs)))
+        assert stat.S_IMODE(folders[-1].stat().st_mode) == 0o700
+        return str(folders[-1])
+
+    real_mkdtemp = bench.tempfile.mkdtemp
+    monkeypatch.setattr(bench.tempfile, "mkdtemp", mkdtemp)
+    monkeypatch.setitem(sys.modules, "pickle", None)  # `import pickle` fails in this process
+    bench.main([
         "--images", str(tmp_path), "--models", f"{tiny_model},{other}", "--threads", "1",
         "--json", str(out),
     ])  # fmt: skip
+    monkeypatch.undo()
+    assert len(folders) == 2 and not any(f.exists() for f in folders)
     table = capsys.readouterr().out
     assert f"| measure | {tiny_model}@" in table and f"{other}@" in table
     result = json.loads(out.read_text())
@@ -73,3 +90,30 @@ def test_bench_train_times_each_precision_and_layout(tmp_path, load_tool, capsys
     assert isinstance(result["native_bf16"], bool)
     rows = [line for line in table.splitlines() if line.startswith(("| fp32 |", "| bf16 |"))]
     assert len(rows) == 4
+
+
+def test_bench_rans_counts_escapes_and_decodes_every_string(load_tool, tmp_path, capsys):
+    from PIL import Image
+
+    tool = load_tool("bench_rans")
+    folder = tmp_path / "images"
+    folder.mkdir()
+    sample = Path(__file__).resolve().parents[1] / "licstore/samples/coffee.png"
+    Image.open(sample).convert("RGB").crop((0, 0, 128, 128)).save(folder / "a.png")
+    # noise drives symbols outside the CDF tables: escapes, and a bounded route that takes them
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (128, 128, 3), dtype=np.uint8)).save(folder / "b.png")
+    out = tmp_path / "rans.json"
+    tool.main(["--images", str(folder), "--qualities", "1,8", "--threads", "1", "--json", str(out)])
+    rows = json.loads(out.read_text())
+    assert [(r["image"], r["quality"]) for r in rows] == [
+        ("a.png", 1),
+        ("a.png", 8),
+        ("b.png", 1),
+        ("b.png", 8),
+    ]
+    for r in rows:
+        assert r["symbols"] == 192 * 8 * 8
+        assert r["route"] in {"guarded", "resumed", "checked"}
+        assert (r["route"] == "guarded") == (r["escapes"] == 0)
+    assert "| image |" in capsys.readouterr().out

@@ -7,6 +7,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import signal
 import threading
 import time
@@ -281,26 +282,91 @@ def test_bad_row_stops_the_other_shards_before_raising(client, feature, tmp_path
     assert ("a.parquet" in listing) == ("a.parquet" in manifest["shards"])
 
 
+_ROW_GATE = """
+import os, pathlib, time
+import licstore.column_codec as cc
+cc._ungated_read_url = getattr(cc, "_ungated_read_url", cc.read_url)
+def read_url(path):
+    gate = pathlib.Path(str(path) + ".gate")  # the read of path waits while path.gate exists
+    if gate.exists():
+        pathlib.Path(str(path) + ".waiting").touch()
+        while gate.exists():
+            time.sleep(0.02)
+    return cc._ungated_read_url(path)
+cc.read_url = read_url
+"""
+
+
+def _row_from_path(shard: Path, row: int, image: Path, row_group_size: int | None = None) -> None:
+    """Make ``row`` of ``shard`` a reference to ``image`` (read by the worker, so gated)."""
+    table = pq.read_table(shard)
+    rows = table.column("image").to_pylist()
+    rows[row] = {"bytes": None, "path": str(image)}
+    table = table.set_column(0, "image", pa.array(rows, type=table.schema.field("image").type))
+    pq.write_table(table, shard, row_group_size=row_group_size)
+
+
+def _wait_for(condition, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return condition()
+
+
 def test_straggler_after_the_drain_timeout_cleans_up_itself(client, feature, tmp_path, monkeypatch):
     """A shard still running when the drain gives up keeps seeing the abort, stops at its
-    next piece and removes its own temporary file; the sweep leaves that file to it."""
+    next piece and removes its own temporary file; the sweep leaves that file to it.
+
+    Made to happen every run: shard a waits inside its second piece (a gated read) while
+    shard b, gated too until then, fails; a is released only after the job has raised."""
     monkeypatch.setattr(ldask, "_DRAIN_SECONDS", 0.0)
     src, dst = tmp_path / "src", tmp_path / "dst"
     write_shard(src / "a.parquet", list(range(40)), seed=15, row_group_size=2)  # 20 pieces
-    write_shard(src / "b.parquet", [40, 41], seed=15, bad={0: b"not an image at all"})
+    write_shard(src / "b.parquet", [40, 41], seed=15, bad={1: b"not an image at all"})
+    held_a, held_b = tmp_path / "held-a.png", tmp_path / "held-b.png"
+    held_a.write_bytes(png(48, 40, 15_998))
+    held_b.write_bytes(png(48, 40, 15_999))
+    _row_from_path(src / "a.parquet", 2, held_a, row_group_size=2)  # a's second piece
+    _row_from_path(src / "b.parquet", 0, held_b)
+    gate_a, gate_b = Path(f"{held_a}.gate"), Path(f"{held_b}.gate")
+    gate_a.touch()
+    gate_b.touch()
+    client.run(exec, _ROW_GATE, {})
     swept = []
     monkeypatch.setattr(ldask, "_cleanup_temporaries", lambda job, names: swept.append(names))
-    with pytest.raises(UnsupportedImageError, match=r"shard b\.parquet .*row 0:"):
-        run(src / "*.parquet", dst, client, feature)
-    manifest = json.loads((dst / ldask.MANIFEST_NAME).read_text())
-    if "a.parquet" in manifest["shards"]:
-        pytest.skip("shard a finished before b failed: no straggler this time")
-    assert swept == []  # a straggler ran: its temporary file is not swept from under it
-    deadline = time.time() + 60
-    while list(dst.glob(".*.tmp")) and time.time() < deadline:
-        time.sleep(0.2)
-    assert not list(dst.glob(".*.tmp"))
+    raised: list[Exception] = []
+
+    def job():
+        try:
+            run(src / "*.parquet", dst, client, feature)
+        except Exception as e:  # reported by the test thread
+            raised.append(e)
+
+    thread = threading.Thread(target=job)
+    thread.start()
+    try:
+        both_waiting = _wait_for(
+            lambda: Path(f"{held_a}.waiting").exists() and Path(f"{held_b}.waiting").exists(), 120
+        )
+        assert both_waiting, "the two shards did not both start"
+        temporary = list(dst.glob(".a.parquet.*.tmp"))
+        assert len(temporary) == 1  # a is inside its second piece, writing
+        gate_b.unlink()  # b reads its row 0, fails on row 1
+        thread.join(120)
+        assert not thread.is_alive()
+        assert len(raised) == 1 and isinstance(raised[0], UnsupportedImageError)
+        assert re.search(r"shard b\.parquet .*row 1:", str(raised[0]))
+        assert swept == []  # a straggler ran: its temporary file is not swept from under it
+        assert list(dst.glob(".a.parquet.*.tmp")) == temporary
+    finally:
+        gate_a.unlink(missing_ok=True)
+        gate_b.unlink(missing_ok=True)
+        thread.join(120)
+    assert _wait_for(lambda: not list(dst.glob(".*.tmp")), 60)  # a stopped, cleaned up
     assert not (dst / "a.parquet").exists()
+    manifest = json.loads((dst / ldask.MANIFEST_NAME).read_text())
+    assert "a.parquet" not in manifest["shards"]
+    client.run(exec, _UNGATE, {})
 
 
 def test_bad_row_copied_and_reported(client, feature, tmp_path):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import struct
+
 import numpy as np
 import pytest
 import torch
@@ -9,11 +11,25 @@ import torch.nn as nn
 
 from licstore import entropy
 from licstore.entropy import ACT_LIMIT, WEIGHT_LIMIT, FixedPointConv, FixedPointHyperSynthesis
+from licstore.errors import CorruptBitstreamError
 from licstore.models.mshp_vr import SubpelUp
 
 
 def _float64_path(monkeypatch):
     monkeypatch.setattr(entropy, "int8_matmul_is_exact", lambda: False)
+
+
+def _int8_path():
+    """Skip where the int8 GEMM is not exact: comparing float64 with itself proves nothing."""
+    if not entropy.int8_matmul_is_exact():
+        pytest.skip("no exact int8 GEMM here: only the float64 path runs")
+    entropy.matmul_paths.clear()
+
+
+def _ran(path: str, calls: int) -> None:
+    """Exactly ``calls`` layer calls ran on ``path`` and none on any other path."""
+    assert dict(entropy.matmul_paths) == {path: calls}
+    entropy.matmul_paths.clear()
 
 
 @pytest.mark.parametrize(
@@ -48,9 +64,12 @@ def test_int8_and_float64_paths_agree_at_the_limits(shape, monkeypatch):
     b = torch.randint(-(2**20), 2**20, (6,), generator=g).double()
     x = torch.randint(-int(ACT_LIMIT), int(ACT_LIMIT) + 1, (2, cin, *shape), generator=g).double()
     x[0] = ACT_LIMIT
+    _int8_path()
     fast = FixedPointConv(w.double(), b, 1, relu=False)(x.clone())
+    _ran("int8", 1)
     _float64_path(monkeypatch)
     slow = FixedPointConv(w.double(), b, 1, relu=False)(x.clone())
+    _ran("float64", 1)
     assert torch.equal(fast, slow)
     assert fast.abs().max() == ACT_LIMIT  # the clamp was reached: the extremes were exercised
 
@@ -61,9 +80,12 @@ def test_hyper_synthesis_is_the_same_on_both_paths(monkeypatch):
                         nn.Conv2d(36, 48, 3, padding=1))  # fmt: skip
     exact = FixedPointHyperSynthesis.from_float(h_s)
     z = torch.randint(-40, 41, (3, 16, 5, 7)).float()
+    _int8_path()
     fast = exact(z)
+    _ran("int8", 3)
     _float64_path(monkeypatch)
     slow = FixedPointHyperSynthesis.from_float(h_s)(z)
+    _ran("float64", 3)
     for a, b in zip(fast, slow, strict=True):
         assert np.array_equal(a, b)
 
@@ -71,8 +93,11 @@ def test_hyper_synthesis_is_the_same_on_both_paths(monkeypatch):
 @pytest.mark.parametrize("int8", [True, False], ids=["int8", "float64"])
 def test_outputs_at_positions_and_zero_taps_are_the_full_outputs(int8, monkeypatch):
     """Skipping zero kernel taps and computing only some positions changes no integer."""
-    if not int8:
+    if int8:
+        _int8_path()
+    else:
         _float64_path(monkeypatch)
+        entropy.matmul_paths.clear()
     g = torch.Generator().manual_seed(1)
     w = torch.randint(-3000, 3000, (5, 4, 5, 5), generator=g).double()
     w[:, :, ::2, ::2] = 0  # a masked kernel: these taps are zero for every channel
@@ -92,6 +117,7 @@ def test_outputs_at_positions_and_zero_taps_are_the_full_outputs(int8, monkeypat
     )
     y = torch.randint(0, 2**20, (2, 5, 6, 7), generator=g).double()
     assert torch.equal(pointwise.fixed(y, positions), pointwise.fixed(y)[..., positions][..., None])
+    assert set(entropy.matmul_paths) == {"int8" if int8 else "float64"}  # the path under test
     with pytest.raises(ValueError, match="1x1"):
         FixedPointHyperSynthesis([conv, conv]).fixed(x, positions)
     with pytest.raises(ValueError, match="sub-pixel"):
@@ -126,3 +152,227 @@ def test_sorted_thresholds_count_exactly_as_searchsorted():
             want = np.searchsorted(t, s, side="left")
             got = st.count_below(s)
             assert got.shape == s.shape and np.array_equal(got, want), name
+
+
+# -- rANS decoding: reads stay inside the buffer ----------------------------------------------
+
+
+def _compressai_reads(coder, data: bytes, idx: list[int], cdfs, lengths) -> int:
+    """Words CompressAI 1.2.8's ``decode_with_indexes`` reads (rans_interface.cpp), past the
+    end as zeros: a model of the C++ loop, counting instead of trusting the buffer."""
+    words = np.frombuffer(data + bytes(-len(data) % 4), dtype="<u4").tolist()
+
+    def word(p):
+        return words[p] if p < len(words) else 0
+
+    x, pos, low = word(0) | (word(1) << 32), 2, 1 << 31
+
+    def get_bits():
+        nonlocal x, pos
+        val = x & 15
+        x >>= 4
+        if x < low:
+            x, pos = (x << 32) | word(pos), pos + 1
+        return val
+
+    for t in idx:
+        cdf, n = cdfs[t], lengths[t]
+        cum = x & 0xFFFF
+        s = max(i for i in range(n) if cdf[i] <= cum)
+        x = (cdf[s + 1] - cdf[s]) * (x >> 16) + cum - cdf[s]
+        if x < low:
+            x, pos = (x << 32) | word(pos), pos + 1
+        if s == n - 2:
+            val = count = get_bits()
+            while val == 15:
+                val = get_bits()
+                count += val
+            for _ in range(count):
+                get_bits()
+    return pos
+
+
+@pytest.fixture(scope="module")
+def y_coder():
+    from licstore import models
+
+    return models.load("mshp-vr").y_coder
+
+
+def _escape_run(coder, table: int, runs: int) -> bytes:
+    """A string whose first symbol is the escape and whose bypass count is ``runs`` chunks of
+    15 (one per word, the state emptied in between), then 0: 15 * ``runs`` bypass chunks follow,
+    each reading a word past the end."""
+    start = coder.cdfs[table][coder.cdf_length[table] - 2]  # the escape's interval
+    words = [start, 0] + [15] * runs + [0]
+    return np.asarray(words, dtype="<u4").tobytes()
+
+
+def test_crafted_escape_runs_cannot_make_the_decoder_read_past_its_buffer(y_coder):
+    table, runs = 40, 100
+    data = _escape_run(y_coder, table, runs)
+    idx = [table]
+    reads = _compressai_reads(y_coder, data, idx, y_coder.cdfs, y_coder.cdf_length)
+    old_buffer = len(data) + 8 * len(idx) + 64 + 8 * len(data)  # the former zero padding
+    assert reads * 4 > old_buffer  # the former padding did not bound it: 15 words per word
+    assert reads > 15 * runs
+    # with the escape disabled, CompressAI's decoder reads 2 words + at most 1 per symbol
+    guarded = _compressai_reads(y_coder, data, idx, y_coder._guarded_cdfs, y_coder._guarded_length)
+    assert guarded <= 2 + len(idx)
+    # the bound the padding would be sized by holds, but a run this long (100 words) would
+    # need a large padding: such strings go to the checked decoder, which refuses this one
+    run = entropy._longest_run(np.frombuffer(data, dtype="<u4") & 15 == 15)
+    assert run == runs and reads <= 2 + len(idx) + entropy.escape_reads(run)
+    entropy.rans_routes.clear()
+    with pytest.raises(CorruptBitstreamError, match="longer than 32 bits"):
+        y_coder.decode(data, np.asarray(idx, dtype=np.int32))
+    assert entropy.rans_routes == {"checked": 1}
+    # a short run: resumed on CompressAI's decoder, inside the padded buffer (garbage out)
+    short = _escape_run(y_coder, table, 3)
+    assert _compressai_reads(y_coder, short, idx, y_coder.cdfs, y_coder.cdf_length) <= (
+        2 + len(idx) + entropy.escape_reads(3)
+    )
+    entropy.rans_routes.clear()
+    try:
+        y_coder.decode(short, np.asarray(idx, dtype=np.int32))
+    except CorruptBitstreamError:
+        pass  # garbage symbols may also be out of range: either way, no read out of bounds
+    assert entropy.rans_routes == {"resumed": 1}
+
+
+def test_guarded_pass_reads_at_most_one_word_per_symbol_on_any_string(y_coder):
+    rng = np.random.default_rng(3)
+    for _ in range(40):
+        idx = rng.integers(0, y_coder.n_tables, int(rng.integers(1, 60))).tolist()
+        data = rng.bytes(int(rng.integers(0, 80)))
+        cdfs, lengths = y_coder._guarded_cdfs, y_coder._guarded_length
+        assert _compressai_reads(y_coder, data, idx, cdfs, lengths) <= 2 + len(idx)
+
+
+def _escape_reads_of(coder, data: bytes, idx: list[int]) -> list[int]:
+    """Words each escape makes CompressAI's decoder read past its Advance (model as above)."""
+    words = np.frombuffer(data + bytes(-len(data) % 4), dtype="<u4").tolist()
+    per_escape = []
+
+    def word(p):
+        return words[p] if p < len(words) else 0
+
+    x, pos, low = word(0) | (word(1) << 32), 2, 1 << 31
+
+    def get_bits():
+        nonlocal x, pos
+        val = x & 15
+        x >>= 4
+        if x < low:
+            x, pos = (x << 32) | word(pos), pos + 1
+        return val
+
+    for t in idx:
+        cdf, n = coder.cdfs[t], coder.cdf_length[t]
+        cum = x & 0xFFFF
+        s = max(i for i in range(n) if cdf[i] <= cum)
+        x = (cdf[s + 1] - cdf[s]) * (x >> 16) + cum - cdf[s]
+        if x < low:
+            x, pos = (x << 32) | word(pos), pos + 1
+        if s == n - 2:
+            before = pos
+            val = count = get_bits()
+            while val == 15:
+                val = get_bits()
+                count += val
+            for _ in range(count):
+                get_bits()
+            per_escape.append(pos - before)
+    return per_escape
+
+
+def test_escape_reads_bound_holds_on_crafted_and_random_strings(y_coder):
+    """``escape_reads`` (the bound the padding is sized by) against the decoder's model."""
+    run = entropy._longest_run
+    for runs in (0, 1, 5, 40):
+        data = _escape_run(y_coder, 40, runs)
+        words = np.frombuffer(data, dtype="<u4")
+        bound = entropy.escape_reads(run(words & 15 == 15))
+        reads = _escape_reads_of(y_coder, data, [40])
+        assert reads and reads[0] <= bound
+        assert reads[0] > 15 * runs  # the runs were really taken
+    rng = np.random.default_rng(5)
+    taken = 0
+    for _ in range(300):
+        table = int(rng.integers(0, y_coder.n_tables))
+        start = y_coder.cdfs[table][y_coder.cdf_length[table] - 2]
+        data = struct.pack("<II", start, 0) + rng.bytes(4 * int(rng.integers(0, 30)))
+        if rng.random() < 0.5:  # nibbles of 15 where the count is read
+            data = bytes(b | 0x0F if i % 4 == 0 else b for i, b in enumerate(data))
+        idx = [table] * 40  # the first symbol is an escape, the rest as the bytes fall
+        bound = entropy.escape_reads(run(np.frombuffer(data, dtype="<u4") & 15 == 15))
+        reads = _escape_reads_of(y_coder, data, idx)
+        taken += len(reads)
+        assert all(r <= bound for r in reads)
+    assert taken > 100
+
+
+def test_a_few_escapes_decode_on_compressai_resumed_at_each(y_coder):
+    from compressai.ans import RansDecoder
+
+    rng = np.random.default_rng(2)
+    n = 5000
+    idx = np.full(n, y_coder.n_tables - 1, dtype=np.int32)  # the widest table: no escapes
+    symbols = np.rint(rng.normal(0, 3, n)).astype(np.int64)
+    symbols[[17, 2500, 4999]] = [20000, -12345, 30000]  # three escapes
+    data = y_coder.encode(symbols, idx)
+    entropy.rans_routes.clear()
+    decoded = y_coder.decode(data, idx)
+    assert entropy.rans_routes == {"resumed": 1}
+    assert np.array_equal(decoded, symbols)
+    ref = RansDecoder().decode_with_indexes(
+        data + bytes(1 << 16), idx.tolist(), y_coder.cdfs, y_coder.cdf_length, y_coder.offset
+    )
+    assert np.array_equal(decoded, ref)
+
+
+def test_escapes_decode_exactly_as_compressai_does(y_coder):
+    from compressai.ans import RansDecoder
+
+    rng = np.random.default_rng(0)
+    n = 3000
+    idx = rng.integers(0, y_coder.n_tables, n).astype(np.int32)
+    symbols = np.rint(rng.normal(0, 2, n)).astype(np.int64)
+    symbols[rng.integers(0, n, 40)] = rng.integers(-30000, 30000, 40)  # escapes, long ones
+    data = y_coder.encode(symbols, idx)
+    entropy.rans_routes.clear()
+    decoded = y_coder.decode(data, idx)
+    assert entropy.rans_routes == {"checked": 1}  # more than MAX_RESUMED_ESCAPES
+    assert np.array_equal(decoded, symbols)
+    ref = RansDecoder().decode_with_indexes(
+        data + bytes(1 << 16), idx.tolist(), y_coder.cdfs, y_coder.cdf_length, y_coder.offset
+    )
+    assert np.array_equal(decoded, ref)
+    with pytest.raises(CorruptBitstreamError, match="ends before"):
+        y_coder.decode(data[: len(data) // 2], idx)  # the checked decoder stops at the end
+    small = np.zeros(n, dtype=np.int64)  # no escapes: the guarded pass alone
+    entropy.rans_routes.clear()
+    assert np.array_equal(y_coder.decode(y_coder.encode(small, idx), idx), small)
+    assert entropy.rans_routes == {"guarded": 1}
+
+
+def test_random_strings_decode_as_compressai_or_raise(y_coder):
+    from compressai.ans import RansDecoder
+
+    rng = np.random.default_rng(1)
+    routes = set()
+    for _ in range(200):
+        idx = rng.integers(0, y_coder.n_tables, 300).astype(np.int32)
+        data = rng.bytes(int(rng.integers(0, 300)))
+        entropy.rans_routes.clear()
+        try:
+            out = y_coder.decode(data, idx)
+        except CorruptBitstreamError:
+            routes.add("raised")
+            continue
+        routes.update(entropy.rans_routes)
+        ref = RansDecoder().decode_with_indexes(
+            data + bytes(1 << 20), idx.tolist(), y_coder.cdfs, y_coder.cdf_length, y_coder.offset
+        )
+        assert np.array_equal(out, ref)
+    assert {"guarded", "raised"} <= routes and routes & {"resumed", "checked"}

@@ -577,7 +577,17 @@ def test_restore_rejects_unknown_mode_duplicates_and_bad_rgb():
             imageio.restore(bad, "RGB", [])
 
 
-def test_restore_ignores_layers_the_mode_does_not_need():
+def test_restore_rejects_layers_the_mode_does_not_use():
+    """formats/licstore-v1.md 3.8: a decoder MUST reject a layer its mode does not use."""
     prepared = _rgba_prepared()
-    restored = imageio.restore(prepared.rgb, "RGB", prepared.side_layers)
-    assert restored.mode == "RGB" and np.array_equal(np.asarray(restored), prepared.rgb)
+    for mode in ("RGB", "L", "1"):
+        with pytest.raises(CorruptBitstreamError, match=rf"\['alpha'\].*mode {mode} does not"):
+            imageio.restore(prepared.rgb, mode, prepared.side_layers)
+    palette = imageio.prepare(Image.new("P", (4, 3), 1)).side_layers
+    assert [s.kind for s in palette] == ["palette"]
+    for mode in ("RGBA", "LA"):
+        with pytest.raises(CorruptBitstreamError, match="palette"):
+            imageio.restore(prepared.rgb, mode, prepared.side_layers + palette)
+    # the layers each mode does use still restore
+    restored = imageio.restore(prepared.rgb, "RGBA", prepared.side_layers)
+    assert restored.mode == "RGBA" and np.array_equal(np.asarray(restored)[:, :, :3], prepared.rgb)

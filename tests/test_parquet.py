@@ -75,7 +75,8 @@ def test_local_file_reads_back_with_plain_pyarrow(table, feature, tmp_path):
     where = tmp_path / "sub" / "data.parquet"
     written = write_table(table, where, {"image": feature}, row_group_size=3, batch_size=2)
     assert written == str(where) and sorted(p.name for p in where.parent.iterdir()) == [
-        "data.parquet"
+        ".licstore-weights",  # the weights the rows use (formats/licstore-datasets-v1.md 5)
+        "data.parquet",
     ]
 
     plain = pq.read_table(where)
@@ -124,7 +125,7 @@ def test_memory_url_round_trip_and_read_table(table, feature, mem):
     fs, root = mem
     url = f"memory://{root}/data.parquet"
     write_table(table, url, {"image": feature}, row_group_size=5)
-    assert fs.ls(root, detail=False) == [f"{root}/data.parquet"]
+    assert fs.ls(root, detail=False) == [f"{root}/.licstore-weights", f"{root}/data.parquet"]
     stored = read_table(url)
     assert stored.schema.field("image").type == STORAGE_TYPE and stored.num_rows == N
     assert read_table(url, columns=["label"]).column_names == ["label"]
@@ -171,7 +172,8 @@ def test_failed_write_leaves_nothing(table, feature, tmp_path, mem):
     before = where.read_bytes()
     with pytest.raises(UnsupportedImageError):
         write_table(bad, where, {"image": feature}, row_group_size=3)
-    assert where.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["bad.parquet"]
+    assert where.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".licstore-weights", "bad.parquet"]
 
     with pytest.raises(KeyError, match="no column 'img'"):
         write_table(table, tmp_path / "x.parquet", {"img": feature})

@@ -17,6 +17,7 @@ import argparse
 import io
 import json
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -43,20 +44,21 @@ def timed(fn, repeat: int = 1) -> float:
     return min(best)
 
 
-def peak_rss_decode(datas_path: Path, precision: str) -> float:
-    """Peak RSS (MiB) of a fresh process that decodes every bitstream once.
+def peak_rss_decode(folder: Path, precision: str) -> float:
+    """Peak RSS (MiB) of a fresh process that decodes every bitstream (``folder/*.lic``) once.
 
     Read from VmHWM: ru_maxrss survives exec on Linux and would report the parent's peak.
+    The bitstreams travel as plain ``.lic`` files, never pickled.
     """
     code = (
-        "import sys, pickle, licstore\n"
-        "datas = pickle.load(open(sys.argv[1], 'rb'))\n"
+        "import sys, pathlib, licstore\n"
+        "datas = [p.read_bytes() for p in sorted(pathlib.Path(sys.argv[1]).glob('*.lic'))]\n"
         "[licstore.decode(d, precision=sys.argv[2]) for d in datas]\n"
         "hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM')][0]\n"
         "print(int(hwm.split()[1]) / 1024)\n"
     )
     out = subprocess.run(
-        [sys.executable, "-c", code, str(datas_path), precision],
+        [sys.executable, "-c", code, str(folder), precision],
         capture_output=True,
         text=True,
         check=True,
@@ -115,15 +117,14 @@ def measure_model(model: str | None, images: list[Image.Image]) -> dict[str, flo
         rows[f"decode end to end, {prec}, batch 1 (img/s)"] = len(datas) / t
         t = timed(lambda p=prec: licstore.decode_batch(datas, precision=p, batch_transforms=True))
         rows[f"decode_batch, {prec}, batched synthesis (img/s)"] = len(datas) / t
-    pkl = Path(tempfile.gettempdir()) / f"licstore-bench-{time.time_ns()}.pkl"
-    import pickle
-
-    pkl.write_bytes(pickle.dumps(datas))
+    work = Path(tempfile.mkdtemp(prefix="licstore-bench-"))  # private (0700), unguessable
     try:
+        for i, d in enumerate(datas):
+            (work / f"{i:05d}.lic").write_bytes(d)
         for prec in ("fp32", "bf16"):
-            rows[f"peak RSS, decode-only process, {prec} (MiB)"] = peak_rss_decode(pkl, prec)
+            rows[f"peak RSS, decode-only process, {prec} (MiB)"] = peak_rss_decode(work, prec)
     finally:
-        pkl.unlink()
+        shutil.rmtree(work, ignore_errors=True)
     rows["peak RSS, this benchmark process (MiB)"] = (
         resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     )

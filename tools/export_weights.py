@@ -14,13 +14,13 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from licstore.atomic import write_file  # noqa: E402
 from licstore.models import registry  # noqa: E402
 from licstore.models.weights import MANIFEST, WEIGHTS_DIR, export, read_manifest  # noqa: E402
 
@@ -40,12 +40,8 @@ def freeze_checkpoint(ckpt_path: str) -> tuple[torch.nn.Module, dict]:
 
 
 def write_manifest(manifest: dict) -> None:
-    fd, tmp = tempfile.mkstemp(dir=MANIFEST.parent, suffix=".tmp")
-    os.chmod(tmp, 0o644)
-    with os.fdopen(fd, "w") as f:
-        json.dump(manifest, f, indent=2, sort_keys=True)
-        f.write("\n")
-    os.replace(tmp, MANIFEST)
+    text = json.dumps(manifest, indent=2, sort_keys=True) + "\n"
+    write_file(MANIFEST, text.encode())  # atomic, with the umask's permissions
 
 
 def main(argv=None) -> None:
@@ -87,9 +83,13 @@ def main(argv=None) -> None:
                     "train_hours": round(ck["elapsed"] / 3600, 3),
                 }
             )
+        previous = entry["default"]
         if args.default or len(entry["versions"]) == 1:
             entry["default"] = digest
         write_manifest(manifest)
+        if entry["default"] != previous:  # the wheel ships defaults only (tests/test_packaging)
+            old = next(v["file"] for v in entry["versions"] if v["sha256"] == previous)
+            print(f"add weights/{old} to pyproject.toml's exclude-package-data (superseded)")
     print(f"{final} sha256={digest}")
 
 

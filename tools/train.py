@@ -377,6 +377,8 @@ def main(argv=None) -> None:
         acc["bpp"] += bpp
         acc["psnr"] += psnr
         acc["n"] += 1
+        if own_loss and "blowups" in stats:  # resgdn-vr: crops its training_loss left out
+            acc["blowups"] = acc.get("blowups", 0) + stats["blowups"]
         if step % 100 == 0:
             n = acc.pop("n")
             rec = {k: v / n for k, v in acc.items()}

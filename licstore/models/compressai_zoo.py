@@ -1,9 +1,13 @@
 """CompressAI's pretrained zoo as licstore models (``compressai:<architecture>``).
 
 Each zoo architecture comes as eight fixed-rate networks; the adapter exposes them as
-one licstore model whose rate parameter is ``quality - 1``. Weights are fetched by
-CompressAI from its model store (network needed) unless a local checkpoint has been
-registered with ``register_checkpoint`` (offline use, tests).
+one licstore model whose rate parameter is ``quality - 1``. Their weights load only when
+the user asks: a local checkpoint registered with ``register_checkpoint``, or a download from
+CompressAI's model store that the user allowed for that architecture in this process
+(``allow_download``, or ``licstore.models.load(name, allow_download=True)``). A bitstream
+alone never starts a download: decoding one that names a zoo model without either raises
+``ModelNotFoundError`` at once. Checkpoints, local or downloaded, are read with
+``torch.load(weights_only=True)`` (no unpickling of arbitrary objects).
 
 These networks compute their entropy parameters in float, so -- unlike licstore's own
 models -- their bitstreams are only guaranteed to decode on the same kind of device
@@ -15,6 +19,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import pickle
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +31,7 @@ from ..errors import CorruptBitstreamError, ModelNotFoundError, WeightsIntegrity
 
 PREFIX = "compressai:"
 _checkpoints: dict[tuple[str, int], Path] = {}
+_download_allowed: set[str] = set()
 
 
 def zoo_architectures() -> list[str]:
@@ -41,6 +47,43 @@ def register_checkpoint(architecture: str, quality: int, path: str | os.PathLike
         raise ModelNotFoundError(f"{architecture!r} is not a CompressAI zoo architecture")
     _checkpoints[(architecture, quality)] = Path(path)
     return PREFIX + architecture
+
+
+def allow_download(architecture: str) -> str:
+    """Let this process fetch ``architecture``'s weights from CompressAI's model store.
+
+    Downloads happen only for architectures allowed here (or through
+    ``licstore.models.load(name, allow_download=True)``); returns the licstore model name.
+    """
+    if architecture not in zoo_architectures():
+        raise ModelNotFoundError(f"{architecture!r} is not a CompressAI zoo architecture")
+    _download_allowed.add(architecture)
+    return PREFIX + architecture
+
+
+def check_loadable(architecture: str) -> None:
+    """Raise ``ModelNotFoundError`` unless the user made this architecture's weights
+    available: a registered local checkpoint or an allowed download (both check the name).
+    Touches neither the network nor CompressAI's package (whose import takes seconds), so a
+    bitstream naming a zoo model fails here at once, before anything is fetched."""
+    if architecture in _download_allowed or any(a == architecture for a, _ in _checkpoints):
+        return
+    raise ModelNotFoundError(
+        f"{PREFIX}{architecture} is not available: CompressAI zoo weights load only when "
+        "asked for (and only for its architectures, licstore.models.available()); register "
+        "local checkpoints with licstore.models.compressai_zoo.register_checkpoint(...), or "
+        f"allow the download with licstore.models.load({PREFIX + architecture!r}, "
+        "allow_download=True)"
+    )
+
+
+def _download(architecture: str, quality: int) -> dict:
+    """One quality level's state dict from CompressAI's model store (cached by torch.hub),
+    read with ``weights_only=True``: CompressAI's own loader would unpickle it."""
+    from compressai.zoo.image import model_urls
+
+    url = model_urls[architecture]["mse"][quality]
+    return torch.hub.load_state_dict_from_url(url, map_location="cpu", weights_only=True)
 
 
 def _url_hash(architecture: str, quality: int) -> str:
@@ -98,20 +141,27 @@ class CompressAIZooModel(nn.Module):
 
     def net(self, quality: int) -> nn.Module:
         if quality not in self.nets:
-            from compressai.zoo import image_models
             from compressai.zoo.image import model_architectures
             from compressai.zoo.pretrained import load_pretrained
 
             local = _checkpoints.get((self.architecture, quality))
-            if local is not None:
-                try:
+            if local is None and self.architecture not in _download_allowed:
+                raise ModelNotFoundError(
+                    f"{self.name}: no local checkpoint for quality {quality} (register one "
+                    "with licstore.models.compressai_zoo.register_checkpoint, or allow the "
+                    f"download with licstore.models.load({self.name!r}, allow_download=True))"
+                )
+            source = local or f"CompressAI's model store ({self.name} quality {quality})"
+            try:
+                if local is not None:
                     state = torch.load(local, map_location="cpu", weights_only=True)
-                    state = load_pretrained(state.get("state_dict", state))
-                    net = model_architectures[self.architecture].from_state_dict(state)
-                except (OSError, RuntimeError, KeyError, ValueError) as e:
-                    raise WeightsIntegrityError(f"cannot load checkpoint {local}: {e}") from e
-            else:  # downloads from CompressAI's model store
-                net = image_models[self.architecture](quality=quality, pretrained=True)
+                else:  # the user allowed this architecture's download
+                    state = _download(self.architecture, quality)
+                state = load_pretrained(state.get("state_dict", state))
+                net = model_architectures[self.architecture].from_state_dict(state)
+            except (OSError, RuntimeError, KeyError, ValueError, AttributeError, EOFError,
+                    pickle.UnpicklingError) as e:  # fmt: skip
+                raise WeightsIntegrityError(f"cannot load checkpoint {source}: {e}") from e
             net.update(force=True)
             self.nets[quality] = net.eval().requires_grad_(False).to(self.device)
         return self.nets[quality]

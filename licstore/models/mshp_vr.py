@@ -22,11 +22,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 from compressai.entropy_models import EntropyBottleneck, GaussianConditional
 from compressai.layers import GDN
-from compressai.models.base import get_scale_table
 from compressai.ops import quantize_ste
 
 from ..entropy import FactorizedCoder, FixedPointHyperSynthesis, GaussianCoder, interpolate_steps
 from ..errors import CorruptBitstreamError
+from ..light_compressai import scale_table
 from .fast_transforms import fast_analysis, fast_synthesis
 from .registry import register_model
 
@@ -157,7 +157,7 @@ class MeanScaleHyperpriorVR(nn.Module):
 
     def update_entropy_tables(self) -> None:
         """(Re)build the CDF tables of both entropy models from the current parameters."""
-        self.gaussian_conditional.update_scale_table(get_scale_table(), force=True)
+        self.gaussian_conditional.update_scale_table(scale_table(), force=True)
         self.entropy_bottleneck.update(force=True)
 
     # -- inference (exact entropy path) ---------------------------------------

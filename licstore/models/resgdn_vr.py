@@ -25,11 +25,14 @@ from compressai.layers import GDN
 from PIL import Image
 
 from ..errors import CorruptBitstreamError
+from ..layer_headers import check_layer_image, pil_bomb_error
 from .registry import register_model
 
 #: bits per code-map element the variable-rate loss trains at (Eq. 9)
 TRAIN_BITS = (2, 5, 8)
 MIN_BITS, MAX_BITS = 2, 8
+#: a training crop decoded with an MSE above this (pixels in [0, 1]) has blown up
+BLOWUP_MSE = 1.0
 #: code-map coders: payload byte 1 says which one wrote the mosaic
 CODERS = {0: "PNG", 1: "JXL"}
 
@@ -137,18 +140,36 @@ class ResGDNVR(nn.Module):
         # 4 scales and a 7-pixel window: pytorch-msssim needs sides > 16 * (window - 1)
         weights = [0.0448, 0.2856, 0.3001, 0.2363]
         weights = [w / sum(weights) for w in weights]
+        blowups = 0
         for bits in self.train_bits:
-            x_hat = self.g_s(self.quantize_train(y, bits)).float()
+            y_hat = self.quantize_train(y, bits)
+            x_hat = self.g_s(y_hat).float()
+            # Stochastic rounding at low B sends some code maps out of the domain the chain
+            # of IGDNs has learned (each grows like x**2): a crop then decodes to 1e19-1e30
+            # and its loss would drown the batch (or drop it whole). Such crops leave this
+            # bit depth's term; the rest (same draw: g_s is per crop) are decoded again.
+            bad = ~((x_hat - x).pow(2).flatten(1).mean(1) <= BLOWUP_MSE)  # NaN counts as bad
+            if bad.any():
+                blowups += int(bad.sum())
+                if bad.all():
+                    continue
+                keep = ~bad
+                x_hat = self.g_s(y_hat[keep]).float()
+                x_ref = x[keep]
+            else:
+                x_ref = x
             # the metrics in fp32 even under bf16 autocast: in bf16, SSIM's stabilising
             # constants vanish and MS-SSIM turns infinite within a few steps
             with torch.autocast(x.device.type, enabled=False):
-                mse = (x_hat - x).pow(2).mean()
+                mse = (x_hat - x_ref).pow(2).mean()
                 msssim = ms_ssim(
-                    x_hat.clamp(0, 1), x.float(), data_range=1.0, weights=weights, win_size=7
+                    x_hat.clamp(0, 1), x_ref.float(), data_range=1.0, weights=weights, win_size=7
                 )
             loss = loss + 1000 * mse + (1 - msssim)
             psnrs.append(float(10 * torch.log10(1 / mse.detach().clamp_min(1e-10))))
-        return loss / len(self.train_bits), {"psnr": float(np.mean(psnrs))}
+        if not psnrs:  # every crop blew up at every bit depth: a non-finite loss, skipped
+            return x.new_full((), float("nan")), {"psnr": 0.0, "blowups": blowups}
+        return loss / len(psnrs), {"psnr": float(np.mean(psnrs)), "blowups": blowups}
 
     # -- inference ------------------------------------------------------------------------
     def freeze(self) -> None:
@@ -223,6 +244,9 @@ class ResGDNVR(nn.Module):
             raise CorruptBitstreamError(f"resgdn-vr base layer: unknown coder {payload[side]}")
         if fmt == "JXL":
             import pillow_jxl  # noqa: F401  (registers the JPEG XL plugin)
+        # the code map's own header first: pillow-jxl decodes inside Image.open
+        what = "resgdn-vr base layer: code map"
+        check_layer_image(payload[side + 1 :], fmt, w, self.M * h, what)
         try:
             with Image.open(io.BytesIO(payload[side + 1 :]), formats=[fmt]) as im:
                 if im.mode != "L" or im.size != (w, self.M * h):
@@ -232,6 +256,10 @@ class ResGDNVR(nn.Module):
                     )
                 mosaic = np.asarray(im)
         except CorruptBitstreamError:
+            raise
+        except Image.DecompressionBombError as e:
+            raise pil_bomb_error(what, e) from e
+        except MemoryError:
             raise
         except Exception as e:
             raise CorruptBitstreamError(f"resgdn-vr base layer: code map: {e}") from e

@@ -12,8 +12,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
+import re
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
@@ -30,20 +32,49 @@ FP16_PREFIXES = ("g_a.", "g_s.", "h_a.", "context.", "entropy_parameters.")
 EXACT_ONLY_PREFIXES = ("h_s.",)
 
 
+#: ``<model>-<full SHA-256 hex>.safetensors``: the name of a weights file outside the package
+#: (a dataset's ``.licstore-weights/`` folder, the user folder of ``licstore models register``):
+#: a folder listing says which model and version each file holds, and the name is the hash
+#: its content is checked against before use
+NAMED_FILE = re.compile(r"^(?P<model>[^/\\]+)-(?P<sha256>[0-9a-f]{64})\.safetensors$")
+
+
+def named_file(model: str, sha256: str) -> str:
+    """The file name of ``model``'s weights of SHA-256 ``sha256`` (see :data:`NAMED_FILE`)."""
+    return f"{model}-{sha256}.safetensors"
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    """A weights file on an fsspec filesystem (``s3://``, ``memory://``, ...), read when the
+    model is first loaded."""
+
+    fs: Any
+    path: str
+
+    def read_bytes(self) -> bytes:
+        with self.fs.open(self.path, "rb") as f:
+            return f.read()
+
+    def __str__(self) -> str:
+        return self.fs.unstrip_protocol(self.path)
+
+
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def read_verified(path: str | os.PathLike, sha256: str | None) -> bytes:
-    """Read a weights file and check its SHA-256 (when one is expected)."""
+def read_verified(path: str | os.PathLike | RemoteFile, sha256: str | None) -> bytes:
+    """Read a weights file (a local path or a :class:`RemoteFile`) and check its SHA-256
+    (when one is expected)."""
     try:
-        data = Path(path).read_bytes()
-    except OSError as e:
+        data = (path if isinstance(path, RemoteFile) else Path(path)).read_bytes()
+    except (OSError, ValueError) as e:
         raise WeightsIntegrityError(f"cannot read weights {path}: {e}") from e
     if sha256 is not None and sha256_bytes(data) != sha256:
         raise WeightsIntegrityError(
             f"weights file {path} has SHA-256 {sha256_bytes(data)}, expected {sha256}: "
-            "the file is damaged or was replaced; reinstall licstore"
+            "the file is damaged or was replaced (a shipped file: reinstall licstore)"
         )
     return data
 
@@ -71,13 +102,9 @@ def export(model: torch.nn.Module, path: str | os.PathLike, metadata: dict[str, 
         state[k] = v
     state.update({k: v.contiguous() for k, v in model.exact_state_dict().items()})
     data = _canonical_header(st_save(state, metadata={k: str(v) for k, v in metadata.items()}))
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+    from ..atomic import write_file
+
+    write_file(path, data)  # the umask's permissions, as any file the user writes
     return sha256_bytes(data)
 
 
