@@ -20,7 +20,6 @@ file, so no machine recomputes them.
 from __future__ import annotations
 
 import os
-from bisect import bisect_right
 from collections import Counter
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -31,6 +30,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from compressai.ans import RansDecoder, RansEncoder
 
+from . import rans_checked
 from .errors import CorruptBitstreamError, WeightsIntegrityError
 
 #: fractional bits of fixed-point activations and weights
@@ -51,9 +51,8 @@ SYMBOL_LIMIT = 1 << 15
 #: "int8_refused" (this build's int8 GEMM refused a shape; the float64 path then ran). Both
 #: paths give the same integers; the counts let tests and benchmarks see which one ran.
 matmul_paths: Counter[str] = Counter()
-#: ``_TableCoder.decode`` calls per route: "guarded" (CompressAI's decoder, escapes disabled),
-#: "resumed" (a few escapes, each decoded alone with bounded reads) and "checked" (the
-#: bounds-checked Python decoder, for strings with many escapes)
+#: ``_TableCoder.decode`` calls per route: "guarded" (CompressAI's decoder, escapes disabled)
+#: and "checked" (``licstore.rans_checked``, for strings with escapes)
 rans_routes: Counter[str] = Counter()
 
 
@@ -332,12 +331,9 @@ class _TableCoder:
     lengthened by one entry, so ``max_value`` lies past every reachable symbol, and the
     decoded escape shows as its old index): 2 words + 1 per symbol at most. When no symbol came
     out as an escape, CompressAI's own decoder would have taken exactly the same steps, so the
-    result is the same ("guarded"). When one did, the string is decoded again with the stream
-    decoder, the escape at that position decoded alone with the real tables, whose reads
-    ``escape_reads`` bounds from the buffer's bytes; repeated for each escape, up to
-    ``MAX_RESUMED_ESCAPES`` ("resumed"). The buffer is padded for all of these reads. A string
-    with more escapes goes to ``_decode_checked``, the same algorithm in Python with every
-    read checked ("checked": slow, but only crafted or very odd strings get there).
+    result is the same ("guarded"). When one did, the string is decoded by
+    ``licstore.rans_checked``: the same algorithm, compiled, with every read checked
+    ("checked"; about as fast as CompressAI's decoder, tools/bench_rans.py).
     """
 
     def __init__(self, quantized_cdf: torch.Tensor, cdf_length: torch.Tensor, offset: torch.Tensor):
@@ -355,6 +351,7 @@ class _TableCoder:
         self._guarded_length = [n + 1 for n in self.cdf_length]
         self._escape_value = np.asarray(self.cdf_length, dtype=np.int64) - 2
         self._offset_value = np.asarray(self.offset, dtype=np.int64)
+        self._cdf_table: np.ndarray | None = None  # rows for the checked decoder, on first use
 
     def encode(self, symbols: np.ndarray, indexes: np.ndarray) -> bytes:
         return RansEncoder().encode_with_indexes(
@@ -372,109 +369,55 @@ class _TableCoder:
             raise ValueError("CDF indexes out of range")
         data = bytes(data) + bytes(-len(data) % 4)  # whole 32-bit words, as the decoder reads
         idx = flat.tolist()
-        # reads: 2 words, then <= 1 per symbol, escapes disabled; and per escape taken (at
-        # most MAX_RESUMED_ESCAPES of them) <= escape_reads(R) more: the buffer holds them all
-        words = np.frombuffer(data, dtype="<u4")
-        per_escape = escape_reads(_longest_run(words & BYPASS_MAX == BYPASS_MAX))
-        # long runs only come from crafted strings: no padding for them (checked decoder)
-        small = per_escape * MAX_RESUMED_ESCAPES <= 2 + n + words.size + (1 << 16)
-        resumable = MAX_RESUMED_ESCAPES if small else 0
-        need = 4 * (2 + n + resumable * per_escape)
-        padded = data + bytes(max(0, need - len(data)))
+        # escapes disabled, the decoder reads 2 words, then at most 1 per symbol
+        padded = data + bytes(max(0, 4 * (2 + n) - len(data)))
         values = RansDecoder().decode_with_indexes(
             padded, idx, self._guarded_cdfs, self._guarded_length, self.offset
         )
         out = np.asarray(values, dtype=np.int64)
-        escapes: list[int] = []
-        while n and (found := self._first_escape(out, flat, escapes)) is not None:
-            escapes.append(found)
-            if len(escapes) > resumable:  # a crafted string, or a very odd image
-                rans_routes["checked"] += 1
-                out = np.asarray(self._decode_checked(data, idx), dtype=np.int64)
-                break
-            out = self._decode_resumed(padded, idx, escapes)
+        if n and self._has_escape(out, flat):
+            rans_routes["checked"] += 1
+            out = self._decode_checked(data, flat)
         else:
-            rans_routes["resumed" if escapes else "guarded"] += 1
+            rans_routes["guarded"] += 1
         out = out.reshape(indexes.shape)
         if out.size and np.abs(out).max() > SYMBOL_LIMIT:
             raise CorruptBitstreamError("latent symbols out of range: corrupt base layer")
         return out
 
-    def _first_escape(self, out: np.ndarray, flat: np.ndarray, known: list[int]) -> int | None:
-        """Position of the first escape marker after the escapes already decoded, or None."""
-        start = known[-1] + 1 if known else 0
-        marks = out[start:] - self._offset_value[flat[start:]] == self._escape_value[flat[start:]]
-        hits = np.flatnonzero(marks)
-        return start + int(hits[0]) if hits.size else None
+    def _has_escape(self, out: np.ndarray, flat: np.ndarray) -> bool:
+        """Whether the guarded pass decoded an escape marker (the escape's old index)."""
+        return bool(np.any(out - self._offset_value[flat] == self._escape_value[flat]))
 
-    def _decode_resumed(self, padded: bytes, idx: list[int], escapes: list[int]) -> np.ndarray:
-        """Decode again with CompressAI's stream decoder: escapes disabled everywhere except at
-        the known escape positions, each decoded alone with the real tables (its reads are
-        bounded by ``escape_reads``); after the last one, escapes show as markers again."""
-        dec = RansDecoder()
-        dec.set_stream(padded)
-        out: list[int] = []
-        pos = 0
-        guarded = (self._guarded_cdfs, self._guarded_length, self.offset)
-        for k in escapes:
-            out += dec.decode_stream(idx[pos:k], *guarded)
-            out += dec.decode_stream(idx[k : k + 1], self.cdfs, self.cdf_length, self.offset)
-            pos = k + 1
-        out += dec.decode_stream(idx[pos:], *guarded)
-        return np.asarray(out, dtype=np.int64)
-
-    def _decode_checked(self, data: bytes, idx: list[int]) -> list[int]:
-        """CompressAI's ``decode_with_indexes``, step for step, with every read checked.
+    def _decode_checked(self, data: bytes, idx: np.ndarray | list[int]) -> np.ndarray:
+        """CompressAI's ``decode_with_indexes``, step for step, with every read checked
+        (``licstore.rans_checked``, compiled).
 
         A valid string is read exactly to its end (the decoder's reads mirror the encoder's
         writes), so a read past it, or more bypass chunks than a 32-bit value has, is corrupt.
         """
-        words = np.frombuffer(data + bytes(-len(data) % 4), dtype="<u4").tolist()
-        end = len(words)
-        if end < 2:
+        if self._cdf_table is None:
+            table = np.zeros((self.n_tables, max(self.cdf_length)), dtype=np.int64)
+            for i, (cdf, n) in enumerate(zip(self.cdfs, self.cdf_length, strict=True)):
+                table[i, :n] = cdf[:n]
+            self._cdf_table = table
+        words = np.frombuffer(data + bytes(-len(data) % 4), dtype="<u4")
+        out, status = rans_checked.decode(
+            words,
+            np.asarray(idx, dtype=np.int64),
+            self._cdf_table,
+            np.asarray(self.cdf_length),
+            np.asarray(self.offset),
+            _MAX_BYPASS_CHUNKS,
+        )
+        if status == rans_checked.SHORT:
             raise CorruptBitstreamError("rANS string shorter than its 8-byte initial state")
-        x, pos = words[0] | (words[1] << 32), 2
-        low = RANS64_L
-
-        def past_end() -> CorruptBitstreamError:
-            return CorruptBitstreamError("rANS string ends before its symbols: corrupt base layer")
-
-        out = [0] * len(idx)
-        counted = 0
-        for i, t in enumerate(idx):
-            cdf, n = self.cdfs[t], self.cdf_length[t]
-            cum = x & 0xFFFF
-            s = bisect_right(cdf, cum, 0, n) - 1
-            start = cdf[s]
-            x = (cdf[s + 1] - start) * (x >> 16) + cum - start
-            if x < low:
-                if pos >= end:
-                    raise past_end()
-                x, pos = (x << 32) | words[pos], pos + 1
-            if s == n - 2:  # escape: BYPASS_BITS chunks, their count first (15 = more)
-                chunks = []
-                count = None
-                while count is None or len(chunks) < count:
-                    val = x & BYPASS_MAX
-                    x >>= BYPASS_BITS
-                    if x < low:
-                        if pos >= end:
-                            raise past_end()
-                        x, pos = (x << 32) | words[pos], pos + 1
-                    if count is None:
-                        counted += val
-                        if counted > _MAX_BYPASS_CHUNKS:
-                            raise CorruptBitstreamError(
-                                "escaped latent symbol longer than 32 bits: corrupt base layer"
-                            )
-                        if val != BYPASS_MAX:
-                            count, counted = counted, 0
-                    else:
-                        chunks.append(val)
-                raw = sum(v << (BYPASS_BITS * k) for k, v in enumerate(chunks))
-                raw -= (raw >> 31) << 32  # C++ int32_t
-                s = -(raw >> 1) - 1 if raw & 1 else (raw >> 1) + n - 2
-            out[i] = s + self.offset[t]
+        if status == rans_checked.PAST_END:
+            raise CorruptBitstreamError("rANS string ends before its symbols: corrupt base layer")
+        if status == rans_checked.BYPASS_TOO_LONG:
+            raise CorruptBitstreamError(
+                "escaped latent symbol longer than 32 bits: corrupt base layer"
+            )
         return out
 
 
@@ -589,37 +532,8 @@ class GaussianCoder(_TableCoder):
 
 #: CompressAI's rANS bypass coding of escaped symbols: 4-bit chunks, counts in chunks of 15
 BYPASS_BITS, BYPASS_MAX = 4, 15
-#: rans64.h: the decoder state stays in [RANS64_L, 2**63); below it, a 32-bit word is read
-RANS64_L = 1 << 31
 #: an escaped value is an int32 in CompressAI's decoder: at most 8 chunks of 4 bits
 _MAX_BYPASS_CHUNKS = 8
-#: escapes a string may take on CompressAI's decoder (each costs one more decoding pass);
-#: more go to the checked Python decoder, about 25x slower than one pass: so up to 24 passes
-#: are the cheaper route. mshp-vr on Kodak, quality 1-8: 0 to 7 per image; on the 1280-px
-#: photos of ../shared/data/train-hr often hundreds (those decode on the checked route: slow)
-MAX_RESUMED_ESCAPES = 24
-
-
-def escape_reads(run: int) -> int:
-    """Most 32-bit words CompressAI's decoder reads for one escaped symbol, beyond its
-    ``Rans64DecAdvance``, in a buffer whose longest run of words with low nibble 15 is ``run``.
-
-    The escape reads ``c`` count chunks (until one is not 15) then ``count <= 15 c`` value
-    chunks, each call of ``Rans64DecGetBits`` reading at most one word: ``<= 16 c`` words.
-    Counting calls: the state (< 2**64) feeds at most 9 calls before the first read, each read
-    word at most 8; and after a word is read, the next chunk is that word's low nibble, so the
-    count goes on past a word only if its low nibble is 15: at most ``run + 2`` words are read
-    while counting. So ``c <= 9 + 8 (run + 2)`` and the reads ``<= 16 (25 + 8 run)``.
-    """
-    return 16 * (25 + 8 * run)
-
-
-def _longest_run(flags: np.ndarray) -> int:
-    """Length of the longest run of True in a 1-D bool array."""
-    if not flags.any():
-        return 0
-    edges = np.flatnonzero(np.diff(np.concatenate([[0], flags.astype(np.int8), [0]])))
-    return int((edges[1::2] - edges[::2]).max())
 
 
 def _symbol_bits(cdfs: list[list[int]], lengths: list[int]) -> tuple[np.ndarray, np.ndarray]:

@@ -5,8 +5,8 @@
 
 For each image and quality level, encodes with the default model, counts the escaped symbols
 in the y string (symbols outside their CDF table, coded by CompressAI's bypass mode), then
-times ``licstore``'s bounded decode of that string (``entropy._TableCoder.decode``: "guarded",
-"resumed" or "checked", see its docstring) against one call of CompressAI's own decoder on a
+times ``licstore``'s bounded decode of that string (``entropy._TableCoder.decode``: "guarded"
+or "checked", see its docstring) against one call of CompressAI's own decoder on a
 generously padded buffer (what licstore did before its reads were bounded). Escapes also cost
 bits, so their count says where the model's tables are too narrow for the images.
 """
