@@ -14,14 +14,8 @@ import zlib
 
 from licstore import container
 
-
-def varint(value: int) -> bytes:
-    out = bytearray()
-    while value >= 0x80:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
+#: unsigned LEB128, as the container writes it
+varint = container._varint
 
 
 def read_varint(data: bytes, pos: int = 0, limit: int = 5) -> tuple[int, int] | None:
